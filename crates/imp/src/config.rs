@@ -1,0 +1,382 @@
+//! Turns an Imp folder's `config.json` (in either Phi-2 key style), the optional SigLIP config
+//! and the stored tensor shapes into the typed configs of each model part.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::checkpoint::{Checkpoint, NamingStyle};
+use crate::llm::{DecoderConfig, Family};
+use crate::preprocess::AspectMode;
+use crate::projector::ProjectorConfig;
+use crate::vision::VisionConfig;
+use crate::{Error, Result};
+
+/// Everything the engine needs to know about one Imp checkpoint.
+#[derive(Debug, Clone)]
+pub struct ImpConfig {
+    pub model_type: String,
+    pub style: NamingStyle,
+    pub decoder: DecoderConfig,
+    pub vision: VisionConfig,
+    /// Where the vision settings came from (embedded config, sub-folder, defaults).
+    pub vision_source: String,
+    pub projector: ProjectorConfig,
+    pub aspect: AspectMode,
+    /// Longest spliced sequence (`tokenizer_model_max_length`).
+    pub max_context: usize,
+    /// End-of-sequence ids from `config.json` and `generation_config.json`.
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl ImpConfig {
+    pub fn load(dir: &Path, checkpoint: &Checkpoint) -> Result<Self> {
+        let path = dir.join("config.json");
+        let json = Json::read(&path)?;
+        let model_type = json.str("model_type")?.to_owned();
+        let family = match model_type.as_str() {
+            "imp" => Family::Phi2,
+            "imp_qwen2" => Family::Qwen2,
+            "imp_phi3" => Family::Phi3,
+            other => {
+                return Err(Error::config(
+                    &path,
+                    format!(
+                        "unknown model_type `{other}`; supported: `imp` (Phi-2), `imp_qwen2`, \
+                         `imp_phi3`"
+                    ),
+                ))
+            }
+        };
+        if let Some(kind) = json.opt_str("mm_projector_type")? {
+            if kind != "mlp2x_gelu" {
+                return Err(Error::config(
+                    &path,
+                    format!("mm_projector_type `{kind}` is not supported (only `mlp2x_gelu`)"),
+                ));
+            }
+        }
+        let style = NamingStyle::detect(checkpoint, &model_type)?;
+        let mut decoder = decoder_config(&json, family)?;
+        let embed_shape = checkpoint.shape(&style.decoder().embed_tokens)?;
+        if embed_shape.len() != 2 || embed_shape[1] != decoder.hidden_size {
+            return Err(Error::tensor(
+                style.decoder().embed_tokens,
+                format!(
+                    "has shape {embed_shape:?}, expected [vocab, {}]",
+                    decoder.hidden_size
+                ),
+            ));
+        }
+        // The stored table is the truth; configs of some releases round vocab_size differently.
+        decoder.vocab_size = embed_shape[0];
+
+        let (vision, vision_source) = vision_config(dir, &json, checkpoint, style)?;
+        if let Some(mm_hidden) = json.opt_usize(&["mm_hidden_size"])? {
+            if mm_hidden != vision.hidden_size {
+                return Err(Error::config(
+                    &path,
+                    format!(
+                        "mm_hidden_size {mm_hidden} does not match the stored vision width {}",
+                        vision.hidden_size
+                    ),
+                ));
+            }
+        }
+        let aspect = AspectMode::from_config(json.opt_str("image_aspect_ratio")?.unwrap_or("square"))
+            .map_err(|e| Error::config(&path, e.to_string()))?;
+        let max_context = match json.opt_usize(&["tokenizer_model_max_length"])? {
+            Some(n) => n,
+            None => json.usize(&["max_position_embeddings", "n_positions"])?,
+        };
+        let mut eos_token_ids = json.ids("eos_token_id")?;
+        let generation = dir.join("generation_config.json");
+        if generation.is_file() {
+            eos_token_ids.extend(Json::read(&generation)?.ids("eos_token_id")?);
+        }
+        eos_token_ids.dedup();
+        Ok(Self {
+            model_type,
+            style,
+            projector: ProjectorConfig {
+                input_size: vision.hidden_size,
+                output_size: decoder.hidden_size,
+            },
+            decoder,
+            vision,
+            vision_source,
+            aspect,
+            max_context,
+            eos_token_ids,
+        })
+    }
+}
+
+fn decoder_config(json: &Json, family: Family) -> Result<DecoderConfig> {
+    // Phi-2 checkpoints come with either Microsoft's original keys or transformers' keys.
+    let msft = json.has("n_embd");
+    let hidden_size = json.usize(&["hidden_size", "n_embd"])?;
+    let num_heads = json.usize(&["num_attention_heads", "n_head"])?;
+    let num_kv_heads = json
+        .opt_usize(&["num_key_value_heads", "n_head_kv"])?
+        .unwrap_or(num_heads);
+    let num_layers = json.usize(&["num_hidden_layers", "n_layer"])?;
+    let intermediate_size = if msft {
+        json.opt_usize(&["n_inner"])?.unwrap_or(4 * hidden_size)
+    } else {
+        json.usize(&["intermediate_size"])?
+    };
+    if num_heads == 0 || hidden_size % num_heads != 0 {
+        return Err(json.error(format!(
+            "hidden size {hidden_size} is not divisible by {num_heads} attention heads"
+        )));
+    }
+    if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+        return Err(json.error(format!(
+            "{num_heads} attention heads cannot share {num_kv_heads} key/value heads"
+        )));
+    }
+    let head_dim = hidden_size / num_heads;
+    let rotary_dim = match family {
+        Family::Phi2 if msft => json.usize(&["rotary_dim"])?,
+        Family::Phi2 => {
+            let factor = json.opt_f64(&["partial_rotary_factor"])?.unwrap_or(0.5);
+            (factor * head_dim as f64) as usize
+        }
+        Family::Qwen2 | Family::Phi3 => head_dim,
+    };
+    if rotary_dim == 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim {
+        return Err(json.error(format!(
+            "rotary dimension {rotary_dim} must be even and at most the head size {head_dim}"
+        )));
+    }
+    if family == Family::Phi3 {
+        if let Some(scaling) = json.value.get("rope_scaling").filter(|v| !v.is_null()) {
+            return Err(json.error(format!(
+                "rope_scaling {scaling} is not supported (Imp-v1.5-4B uses none)"
+            )));
+        }
+    }
+    let norm_eps = match family {
+        Family::Phi2 => json
+            .opt_f64(&["layer_norm_eps", "layer_norm_epsilon"])?
+            .unwrap_or(1e-5),
+        Family::Qwen2 => json.opt_f64(&["rms_norm_eps"])?.unwrap_or(1e-6),
+        Family::Phi3 => json.opt_f64(&["rms_norm_eps"])?.unwrap_or(1e-5),
+    };
+    Ok(DecoderConfig {
+        family,
+        vocab_size: json.usize(&["vocab_size"])?,
+        hidden_size,
+        intermediate_size,
+        num_layers,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        rotary_dim,
+        rope_theta: json.opt_f64(&["rope_theta"])?.unwrap_or(10_000.0),
+        norm_eps,
+    })
+}
+
+/// SigLIP settings: heads and epsilon from `vision_tower_config`, else a `siglip*/config.json`
+/// sub-folder (as Imp-v1.5-3B-196 ships), else so400m's; every size from the stored tensors.
+fn vision_config(
+    dir: &Path,
+    json: &Json,
+    checkpoint: &Checkpoint,
+    style: NamingStyle,
+) -> Result<(VisionConfig, String)> {
+    let mut config = VisionConfig::so400m();
+    let mut source = "so400m defaults".to_string();
+    let declared = match json.value.get("vision_tower_config").filter(|v| v.is_object()) {
+        Some(value) => {
+            source = "config.json vision_tower_config".into();
+            Some(Json {
+                path: json.path.clone(),
+                value: value.clone(),
+            })
+        }
+        None => match siglip_subfolder(dir)? {
+            Some(path) => {
+                source = path
+                    .strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                let sub = Json::read(&path)?;
+                // A full SiglipConfig nests the vision part.
+                let value = sub.value.get("vision_config").cloned().unwrap_or(sub.value);
+                Some(Json { path, value })
+            }
+            None => None,
+        },
+    };
+    if let Some(declared) = declared {
+        if let Some(heads) = declared.opt_usize(&["num_attention_heads"])? {
+            config.num_heads = heads;
+        }
+        if let Some(eps) = declared.opt_f64(&["layer_norm_eps"])? {
+            config.layer_norm_eps = eps;
+        }
+        if let Some(act) = declared.opt_str("hidden_act")? {
+            if act != "gelu_pytorch_tanh" {
+                return Err(declared.error(format!(
+                    "vision hidden_act `{act}` is not supported (SigLIP uses gelu_pytorch_tanh)"
+                )));
+            }
+        }
+    }
+
+    let names = style.vision_embeddings();
+    let patch = checkpoint.shape(&names.patch_weight)?;
+    let [hidden, channels, kh, kw] = patch[..] else {
+        return Err(Error::tensor(
+            &names.patch_weight,
+            format!("has shape {patch:?}, expected [hidden, 3, patch, patch]"),
+        ));
+    };
+    if channels != 3 || kh != kw || kh == 0 {
+        return Err(Error::tensor(
+            &names.patch_weight,
+            format!("has shape {patch:?}, expected [hidden, 3, patch, patch]"),
+        ));
+    }
+    config.hidden_size = hidden;
+    config.patch_size = kh;
+    let positions = checkpoint.shape(&names.position)?;
+    let rows = positions[0];
+    let grid = (rows as f64).sqrt().round() as usize;
+    if grid * grid != rows {
+        return Err(Error::tensor(
+            &names.position,
+            format!("has {rows} rows, not a square grid of patches"),
+        ));
+    }
+    config.image_size = grid * config.patch_size;
+    config.num_layers = style.count_vision_layers(checkpoint)?;
+    if config.num_layers == 0 {
+        return Err(Error::tensor(
+            format!("{}encoder.layers.0.*", style.vision_prefix()),
+            "missing: the checkpoint stores no vision encoder layers",
+        ));
+    }
+    let fc1 = checkpoint.shape(&format!(
+        "{}encoder.layers.0.mlp.fc1.weight",
+        style.vision_prefix()
+    ))?;
+    config.intermediate_size = fc1[0];
+    if config.num_heads == 0 || hidden % config.num_heads != 0 {
+        return Err(Error::config(
+            &json.path,
+            format!(
+                "vision width {hidden} is not divisible by {} heads",
+                config.num_heads
+            ),
+        ));
+    }
+    Ok((config, source))
+}
+
+fn siglip_subfolder(dir: &Path) -> Result<Option<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("siglip"))
+                && p.join("config.json").is_file()
+        })
+        .map(|p| p.join("config.json"))
+        .collect();
+    found.sort();
+    Ok(found.into_iter().next())
+}
+
+/// A parsed JSON config with typed accessors whose errors name the file and key.
+struct Json {
+    path: PathBuf,
+    value: Value,
+}
+
+impl Json {
+    fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::config(path, format!("invalid JSON ({e})")))?;
+        if !value.is_object() {
+            return Err(Error::config(path, "expected a JSON object"));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            value,
+        })
+    }
+
+    fn error(&self, message: String) -> Error {
+        Error::config(&self.path, message)
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.value.get(key).is_some_and(|v| !v.is_null())
+    }
+
+    /// The first of `keys` that is present and not null.
+    fn find<'k>(&self, keys: &[&'k str]) -> Option<(&'k str, &Value)> {
+        keys.iter()
+            .find_map(|k| self.value.get(*k).filter(|v| !v.is_null()).map(|v| (*k, v)))
+    }
+
+    fn opt_usize(&self, keys: &[&str]) -> Result<Option<usize>> {
+        self.find(keys)
+            .map(|(key, v)| {
+                v.as_u64().map(|n| n as usize).ok_or_else(|| {
+                    self.error(format!("key `{key}` must be a non-negative integer, found {v}"))
+                })
+            })
+            .transpose()
+    }
+
+    fn usize(&self, keys: &[&str]) -> Result<usize> {
+        self.opt_usize(keys)?
+            .ok_or_else(|| self.error(format!("missing key `{}`", keys.join("` or `"))))
+    }
+
+    fn opt_f64(&self, keys: &[&str]) -> Result<Option<f64>> {
+        self.find(keys)
+            .map(|(key, v)| {
+                v.as_f64()
+                    .ok_or_else(|| self.error(format!("key `{key}` must be a number, found {v}")))
+            })
+            .transpose()
+    }
+
+    fn opt_str(&self, key: &str) -> Result<Option<&str>> {
+        self.find(&[key])
+            .map(|(key, v)| {
+                v.as_str()
+                    .ok_or_else(|| self.error(format!("key `{key}` must be a string, found {v}")))
+            })
+            .transpose()
+    }
+
+    fn str(&self, key: &str) -> Result<&str> {
+        self.opt_str(key)?
+            .ok_or_else(|| self.error(format!("missing key `{key}`")))
+    }
+
+    /// A token id or list of ids; absent means none.
+    fn ids(&self, key: &str) -> Result<Vec<u32>> {
+        let bad = |v: &Value| self.error(format!("key `{key}` must be a token id or a list of ids, found {v}"));
+        match self.find(&[key]) {
+            None => Ok(Vec::new()),
+            Some((_, Value::Array(items))) => items
+                .iter()
+                .map(|v| v.as_u64().map(|n| n as u32).ok_or_else(|| bad(v)))
+                .collect(),
+            Some((_, v)) => Ok(vec![v.as_u64().ok_or_else(|| bad(v))? as u32]),
+        }
+    }
+}

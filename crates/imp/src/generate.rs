@@ -1,0 +1,301 @@
+//! Answering a prompt: images through the vision path, the spliced prefill, then token-by-token
+//! decoding with the sampler, stop ids and stop strings, text streamed as it becomes final.
+
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+
+use crate::model::ImpModel;
+use crate::sampler::{top_logprobs, Sampler, SamplingParams};
+use crate::session::Session;
+use crate::template::Prompt;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct GenerationOptions {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation ends before the first occurrence of any of these in the text.
+    pub stop_strings: Vec<String>,
+    /// Alternatives reported per generated token (0 = none).
+    pub top_logprobs: usize,
+}
+
+impl Default for GenerationOptions {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 512,
+            sampling: SamplingParams::default(),
+            stop_strings: Vec::new(),
+            top_logprobs: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token or stop string.
+    Stop,
+    /// `max_new_tokens` or the model's context limit.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+        }
+    }
+}
+
+/// Wall time per stage of one request.
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    pub preprocess: Duration,
+    pub vision: Duration,
+    pub projector: Duration,
+    pub prefill: Duration,
+    pub decode: Duration,
+    /// Tokens produced by the decode loop (the first comes from the prefill).
+    pub decode_steps: usize,
+}
+
+impl Timings {
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        if self.decode.is_zero() {
+            0.0
+        } else {
+            self.decode_steps as f64 / self.decode.as_secs_f64()
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The answer, special tokens skipped, trimmed as the reference does.
+    pub text: String,
+    /// Generated ids, without the stop token.
+    pub tokens: Vec<u32>,
+    /// Length of the spliced prompt: text tokens plus image rows minus the markers.
+    pub prompt_tokens: usize,
+    pub image_tokens: usize,
+    /// Per generated token: the most likely ids with their log-probabilities.
+    pub top_logprobs: Vec<Vec<(u32, f32)>>,
+    pub finish_reason: FinishReason,
+    pub timings: Timings,
+}
+
+/// Answers `prompt` about `images` in a fresh session.
+pub fn generate(
+    model: &ImpModel,
+    prompt: &Prompt,
+    images: &[RgbImage],
+    options: &GenerationOptions,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Generation> {
+    let mut session = model.new_session();
+    generate_in(model, &mut session, prompt, images, options, on_text)
+}
+
+/// Like [`generate`], in a caller's session that must be empty.
+pub fn generate_in(
+    model: &ImpModel,
+    session: &mut Session,
+    prompt: &Prompt,
+    images: &[RgbImage],
+    options: &GenerationOptions,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Generation> {
+    let mut sampler = Sampler::new(options.sampling.clone())?;
+    let mut timings = Timings::default();
+    let text = prompt.render(model.config().decoder.family, images.len());
+    let ids = model.tokenize_prompt(&text)?;
+    let image_tokens = model.image_tokens() * images.len();
+    let prompt_tokens = ids.len() + image_tokens - images.len();
+    let limit = model.config().max_context;
+    if prompt_tokens > limit {
+        return Err(Error::ContextOverflow {
+            needed: prompt_tokens,
+            limit,
+        });
+    }
+    // Check the markers before spending time on the images.
+    let markers = ids.iter().filter(|&&id| id == model.image_token_id()).count();
+    if markers != images.len() {
+        return Err(Error::Prompt(format!(
+            "the prompt has {markers} `<image>` marker(s) but {} image(s) were given; each \
+             image needs exactly one marker",
+            images.len()
+        )));
+    }
+
+    let mut rows = Vec::with_capacity(images.len());
+    for image in images {
+        let start = Instant::now();
+        let pixels = model.preprocessor().preprocess(image, model.device())?;
+        timings.preprocess += start.elapsed();
+        let start = Instant::now();
+        let features = model.vision_features(&pixels)?;
+        timings.vision += start.elapsed();
+        let start = Instant::now();
+        rows.push(model.project(&features)?);
+        timings.projector += start.elapsed();
+    }
+
+    let max_new_tokens = options.max_new_tokens.min(limit - prompt_tokens);
+    let start = Instant::now();
+    let embeds = model.splice(&ids, &rows)?;
+    session.reserve(prompt_tokens + max_new_tokens)?;
+    let hidden = model.decoder().forward(&embeds, session)?;
+    let mut logits = model.decoder().last_logits(&hidden)?;
+    timings.prefill = start.elapsed();
+
+    let mut history = ids.clone();
+    let mut tokens = Vec::new();
+    let mut top = Vec::new();
+    let mut stream = TextStream::new(&options.stop_strings);
+    let mut finish_reason = FinishReason::Length;
+    let decode_start = Instant::now();
+    while tokens.len() < max_new_tokens {
+        let token = sampler.sample(&logits, &history);
+        if model.stop_token_ids().contains(&token) {
+            finish_reason = FinishReason::Stop;
+            break;
+        }
+        tokens.push(token);
+        history.push(token);
+        if options.top_logprobs > 0 {
+            top.push(top_logprobs(&logits, options.top_logprobs));
+        }
+        let decoded = model.tokenizer().decode(&tokens, true)?;
+        if stream.push(&decoded, on_text) {
+            finish_reason = FinishReason::Stop;
+            break;
+        }
+        if tokens.len() == max_new_tokens {
+            break;
+        }
+        let hidden = model
+            .decoder()
+            .forward(&model.decoder().embed(&[token])?, session)?;
+        logits = model.decoder().last_logits(&hidden)?;
+        timings.decode_steps += 1;
+    }
+    timings.decode = decode_start.elapsed();
+    let text = stream.finish(on_text);
+    Ok(Generation {
+        text,
+        tokens,
+        prompt_tokens,
+        image_tokens,
+        top_logprobs: top,
+        finish_reason,
+        timings,
+    })
+}
+
+/// Turns the growing decoded text into stream pieces that are final: never half a UTF-8
+/// character, never the start of what may become a stop string, no leading whitespace.
+struct TextStream<'a> {
+    stop_strings: &'a [String],
+    text: String,
+    emitted: usize,
+}
+
+impl<'a> TextStream<'a> {
+    fn new(stop_strings: &'a [String]) -> Self {
+        Self {
+            stop_strings,
+            text: String::new(),
+            emitted: 0,
+        }
+    }
+
+    /// Takes the full decoded text so far; returns true when a stop string was reached.
+    fn push(&mut self, decoded: &str, on_text: &mut dyn FnMut(&str)) -> bool {
+        self.text = decoded.trim_start().to_owned();
+        let stop_at = self
+            .stop_strings
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.text.find(s.as_str()))
+            .min();
+        if let Some(at) = stop_at {
+            self.text.truncate(at);
+            self.emit_up_to(self.text.len(), on_text);
+            return true;
+        }
+        // A trailing U+FFFD is a character whose remaining bytes have not been generated yet.
+        let mut safe = self.text.trim_end_matches('\u{FFFD}').len();
+        for stop in self.stop_strings {
+            for cut in (1..stop.len()).rev() {
+                if stop.is_char_boundary(cut) && self.text[..safe].ends_with(&stop[..cut]) {
+                    safe -= cut;
+                    break;
+                }
+            }
+        }
+        self.emit_up_to(safe, on_text);
+        false
+    }
+
+    fn emit_up_to(&mut self, end: usize, on_text: &mut dyn FnMut(&str)) {
+        if end > self.emitted && self.text.is_char_boundary(end) {
+            on_text(&self.text[self.emitted..end]);
+            self.emitted = end;
+        }
+    }
+
+    /// Emits what was held back and returns the final, trimmed text.
+    fn finish(mut self, on_text: &mut dyn FnMut(&str)) -> String {
+        let end = self.text.trim_end().len();
+        self.emit_up_to(end, on_text);
+        self.text.truncate(end);
+        self.text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stops: &[&str], steps: &[&str]) -> (Vec<String>, bool, String) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut stream = TextStream::new(&stops);
+        let mut pieces = Vec::new();
+        let mut stopped = false;
+        for step in steps {
+            if stream.push(step, &mut |t| pieces.push(t.to_owned())) {
+                stopped = true;
+                break;
+            }
+        }
+        let text = stream.finish(&mut |t| pieces.push(t.to_owned()));
+        (pieces, stopped, text)
+    }
+
+    #[test]
+    fn holds_back_possible_stop_prefixes_and_cuts_at_stop() {
+        let (pieces, stopped, text) = run(&["END"], &[" A", " A cat E", " A cat EN", " A cat END x"]);
+        assert!(stopped);
+        assert_eq!(text, "A cat");
+        assert_eq!(pieces.concat(), "A cat ");
+        assert!(pieces.iter().all(|p| !p.contains('E')));
+    }
+
+    #[test]
+    fn releases_held_text_when_it_is_not_a_stop() {
+        let (pieces, stopped, text) = run(&["END"], &["A", "A E", "A Ex"]);
+        assert!(!stopped);
+        assert_eq!(text, "A Ex");
+        assert_eq!(pieces.concat(), "A Ex");
+    }
+
+    #[test]
+    fn waits_for_incomplete_characters() {
+        let (pieces, _, text) = run(&[], &["caf\u{FFFD}", "café"]);
+        assert_eq!(pieces, vec!["caf", "é"]);
+        assert_eq!(text, "café");
+    }
+}

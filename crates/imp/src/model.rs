@@ -1,0 +1,238 @@
+//! A loaded Imp model: tokenizer, preprocessor, vision tower, projector and decoder, all
+//! immutable, plus the splice that puts projected image rows in place of `<image>` tokens.
+//! Conversations run in [`Session`]s created from it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::checkpoint::{Checkpoint, Weights};
+use crate::config::ImpConfig;
+use crate::llm::{Decoder, Family};
+use crate::preprocess::ImagePreprocessor;
+use crate::projector::Projector;
+use crate::session::Session;
+use crate::template::{self, IMAGE_MARKER};
+use crate::tokenizer::ImpTokenizer;
+use crate::vision::VisionTower;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute dtype of every weight and activation (softmax always runs in f32).
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// What `imp info` reports about a checkpoint.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub variant: &'static str,
+    pub parameters_vision: usize,
+    pub parameters_projector: usize,
+    pub parameters_llm: usize,
+    /// Stored element count per dtype.
+    pub storage: BTreeMap<String, usize>,
+}
+
+pub struct ImpModel {
+    config: ImpConfig,
+    info: ModelInfo,
+    tokenizer: ImpTokenizer,
+    preprocessor: ImagePreprocessor,
+    vision: VisionTower,
+    projector: Projector,
+    decoder: Decoder,
+    image_token_id: u32,
+    bos_token_id: Option<u32>,
+    stop_token_ids: Vec<u32>,
+}
+
+impl ImpModel {
+    /// Loads a Hugging Face Imp folder as published by MILVLG.
+    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such model folder"),
+            ));
+        }
+        let checkpoint = Checkpoint::open(dir)?;
+        let config = ImpConfig::load(dir, &checkpoint)?;
+        let family = config.decoder.family;
+
+        let mut tokenizer = ImpTokenizer::from_dir(dir)?;
+        let added: &[&str] = match family {
+            Family::Phi2 => &["</s>", IMAGE_MARKER],
+            Family::Qwen2 | Family::Phi3 => &[IMAGE_MARKER],
+        };
+        let image_token_id = *tokenizer
+            .ensure_special_tokens(added)?
+            .last()
+            .expect("one id per token");
+        let bos_token_id = template::bos_token(family)
+            .map(|bos| {
+                tokenizer.token_id(bos).ok_or_else(|| {
+                    Error::Tokenizer(format!("the tokenizer has no BOS token `{bos}`"))
+                })
+            })
+            .transpose()?;
+        let mut stop_token_ids = config.eos_token_ids.clone();
+        stop_token_ids.extend(
+            template::stop_tokens(family)
+                .iter()
+                .filter_map(|t| tokenizer.token_id(t)),
+        );
+        stop_token_ids.sort_unstable();
+        stop_token_ids.dedup();
+
+        let weights = Weights {
+            checkpoint: &checkpoint,
+            dtype: options.dtype,
+            device: options.device.clone(),
+        };
+        let style = config.style;
+        let vision = VisionTower::load(&weights, style, &config.vision)?;
+        let projector = Projector::load(&weights, style, &config.projector)?;
+        let decoder = Decoder::load(&weights, style, &config.decoder, config.max_context)?;
+
+        let count = |prefix: &str| -> usize {
+            checkpoint
+                .tensor_names()
+                .filter(|n| n.starts_with(prefix))
+                .map(|n| checkpoint.shape(n).map_or(0, |s| s.iter().product::<usize>()))
+                .sum()
+        };
+        let parameters_vision = count(&style.vision_prefix());
+        let parameters_projector = count(&style.projector_prefix());
+        let total = count("");
+        let info = ModelInfo {
+            variant: variant_name(&config),
+            parameters_vision,
+            parameters_projector,
+            parameters_llm: total - parameters_vision - parameters_projector,
+            storage: checkpoint.storage_dtypes(),
+        };
+        Ok(Self {
+            preprocessor: ImagePreprocessor::new(config.vision.image_size, config.aspect),
+            config,
+            info,
+            tokenizer,
+            vision,
+            projector,
+            decoder,
+            image_token_id,
+            bos_token_id,
+            stop_token_ids,
+        })
+    }
+
+    pub fn config(&self) -> &ImpConfig {
+        &self.config
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn tokenizer(&self) -> &ImpTokenizer {
+        &self.tokenizer
+    }
+
+    pub fn preprocessor(&self) -> &ImagePreprocessor {
+        &self.preprocessor
+    }
+
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    pub fn image_token_id(&self) -> u32 {
+        self.image_token_id
+    }
+
+    pub fn stop_token_ids(&self) -> &[u32] {
+        &self.stop_token_ids
+    }
+
+    pub fn device(&self) -> &Device {
+        self.decoder.device()
+    }
+
+    /// Rows each image contributes to the sequence.
+    pub fn image_tokens(&self) -> usize {
+        self.config.vision.num_patches()
+    }
+
+    /// A fresh conversation state for this model.
+    pub fn new_session(&self) -> Session {
+        Session::new(&self.config.decoder, self.decoder.dtype(), self.device())
+    }
+
+    /// SigLIP patch features `[patches, vision_hidden]` of preprocessed `pixels[1, 3, S, S]`.
+    pub fn vision_features(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.vision.forward(pixels)
+    }
+
+    /// Projects vision features into the decoder's embedding space.
+    pub fn project(&self, features: &Tensor) -> Result<Tensor> {
+        self.projector.forward(features)
+    }
+
+    /// Token ids of a rendered prompt, one `image_token_id` per `<image>` marker.
+    pub fn tokenize_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        template::tokenize_prompt(
+            &self.tokenizer,
+            prompt,
+            self.bos_token_id,
+            self.image_token_id,
+        )
+    }
+
+    /// Embeds `ids` and replaces each image token with the next image's projected rows
+    /// `[image_tokens, hidden]`, giving the spliced sequence `[len, hidden]`.
+    pub fn splice(&self, ids: &[u32], images: &[Tensor]) -> Result<Tensor> {
+        let markers = ids.iter().filter(|&&id| id == self.image_token_id).count();
+        if markers != images.len() {
+            return Err(Error::Prompt(format!(
+                "the prompt has {markers} `{IMAGE_MARKER}` marker(s) but {} image(s) were given; \
+                 each image needs exactly one marker",
+                images.len()
+            )));
+        }
+        let mut pieces = Vec::with_capacity(2 * images.len() + 1);
+        let mut images = images.iter();
+        for segment in ids.split_inclusive(|&id| id == self.image_token_id) {
+            let (text, image) = match segment.split_last() {
+                Some((&last, text)) if last == self.image_token_id => (text, images.next()),
+                _ => (segment, None),
+            };
+            if !text.is_empty() {
+                pieces.push(self.decoder.embed(text)?);
+            }
+            if let Some(rows) = image {
+                pieces.push(rows.to_dtype(self.decoder.dtype())?);
+            }
+        }
+        Ok(Tensor::cat(&pieces, 0)?)
+    }
+}
+
+fn variant_name(config: &ImpConfig) -> &'static str {
+    match (config.decoder.family, config.vision.image_size) {
+        (Family::Phi2, 196) => "Imp-v1.5-3B-196 (Phi-2, 196 px)",
+        (Family::Phi2, _) => "imp-v1-3b / Imp-v1.5-3B-Phi2 (Phi-2)",
+        (Family::Qwen2, _) => "Imp-v1.5-2B-Qwen1.5",
+        (Family::Phi3, _) => "Imp-v1.5-4B-Phi3",
+    }
+}

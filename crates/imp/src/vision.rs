@@ -1,0 +1,154 @@
+//! SigLIP vision trunk as Imp uses it: patch embedding, learned positions, the stored encoder
+//! layers (26 of so400m's 27) and no post-norm or pooling head. The output is the patch features
+//! of the last stored layer, one row per patch in row-major order.
+
+use candle_core::Tensor;
+
+use crate::attention::attend;
+
+use crate::checkpoint::{NamingStyle, Weights};
+use crate::linear::Linear;
+use crate::norm::Norm;
+use crate::Result;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VisionConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_heads: usize,
+    /// Layers stored in the checkpoint, all of which run.
+    pub num_layers: usize,
+    pub patch_size: usize,
+    pub image_size: usize,
+    pub layer_norm_eps: f64,
+}
+
+impl VisionConfig {
+    /// google/siglip-so400m-patch14-384 with Imp's last layer removed.
+    pub fn so400m() -> Self {
+        Self {
+            hidden_size: 1152,
+            intermediate_size: 4304,
+            num_heads: 16,
+            num_layers: 26,
+            patch_size: 14,
+            image_size: 384,
+            layer_norm_eps: 1e-6,
+        }
+    }
+
+    pub fn grid_size(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    /// Visual tokens per image: one per patch.
+    pub fn num_patches(&self) -> usize {
+        self.grid_size() * self.grid_size()
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads
+    }
+
+}
+
+struct EncoderLayer {
+    norm1: Norm,
+    qkv: Linear,
+    attn_out: Linear,
+    norm2: Norm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+pub struct VisionTower {
+    config: VisionConfig,
+    /// The stride-`patch` convolution as a matmul over flattened `[3, p, p]` patches.
+    patch_embedding: Linear,
+    position_embedding: Tensor,
+    layers: Vec<EncoderLayer>,
+}
+
+impl VisionTower {
+    pub fn load(weights: &Weights, style: NamingStyle, config: &VisionConfig) -> Result<Self> {
+        let c = config.hidden_size;
+        let p = config.patch_size;
+        let names = style.vision_embeddings();
+        let patch_weight = weights
+            .tensor(&names.patch_weight, &[c, 3, p, p])?
+            .reshape((c, 3 * p * p))?;
+        let patch_bias = weights.tensor(&names.patch_bias, &[c])?;
+        let position_embedding = weights.tensor(&names.position, &[config.num_patches(), c])?;
+        let layers = (0..config.num_layers)
+            .map(|i| {
+                let n = style.vision_layer(i);
+                let eps = config.layer_norm_eps;
+                Ok(EncoderLayer {
+                    norm1: weights.norm(&n.norm1, c, eps)?,
+                    qkv: weights.linear(&n.qkv, 3 * c, c)?,
+                    attn_out: weights.linear(&n.attn_out, c, c)?,
+                    norm2: weights.norm(&n.norm2, c, eps)?,
+                    fc1: weights.linear(&n.fc1, config.intermediate_size, c)?,
+                    fc2: weights.linear(&n.fc2, c, config.intermediate_size)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            config: config.clone(),
+            patch_embedding: Linear::new(patch_weight, Some(patch_bias))?,
+            position_embedding,
+            layers,
+        })
+    }
+
+    pub fn config(&self) -> &VisionConfig {
+        &self.config
+    }
+
+    /// `pixels[1, 3, S, S]` (normalised) -> patch features `[num_patches, hidden]`.
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (g, p) = (cfg.grid_size(), cfg.patch_size);
+        let dtype = self.position_embedding.dtype();
+        // [1,3,g*p,g*p] -> [g, g, 3, p, p]: row-major patches, each flattened like the conv kernel.
+        let patches = pixels
+            .to_dtype(dtype)?
+            .reshape((3, g, p, g, p))?
+            .permute((1, 3, 0, 2, 4))?
+            .reshape((g * g, 3 * p * p))?;
+        let mut x = self
+            .patch_embedding
+            .forward(&patches)?
+            .add(&self.position_embedding)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, cfg)?;
+        }
+        Ok(x)
+    }
+}
+
+impl EncoderLayer {
+    fn forward(&self, x: &Tensor, cfg: &VisionConfig) -> Result<Tensor> {
+        let attn = self.attention(&self.norm1.forward(x)?, cfg)?;
+        let x = (x + attn)?;
+        let h = self.fc1.forward(&self.norm2.forward(&x)?)?.gelu()?;
+        Ok((x + self.fc2.forward(&h)?)?)
+    }
+
+    fn attention(&self, x: &Tensor, cfg: &VisionConfig) -> Result<Tensor> {
+        let (n, c) = x.dims2()?;
+        let (heads, hd) = (cfg.num_heads, cfg.head_dim());
+        let qkv = self.qkv.forward(x)?.reshape((n, 3, heads, hd))?;
+        let split = |i: usize| -> Result<Tensor> {
+            Ok(qkv
+                .narrow(1, i, 1)?
+                .squeeze(1)?
+                .transpose(0, 1)?
+                .contiguous()?)
+        };
+        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+        let out = attend(&q, &k, &v, None)?;
+        self.attn_out
+            .forward(&out.transpose(0, 1)?.reshape((n, c))?)
+    }
+}

@@ -1,0 +1,231 @@
+//! `imp::hub::resolve_model` offline, against Hugging Face cache folders built in a tempdir.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use imp::hub::{resolve_model, HubOptions};
+use imp::Error;
+
+const REPO: &str = "MILVLG/Imp-v1.5-3B-196";
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+fn offline(cache: &Path) -> HubOptions {
+    HubOptions {
+        cache_dir: Some(cache.to_path_buf()),
+        offline: Some(true),
+        revision: "main".to_string(),
+        progress: false,
+    }
+}
+
+/// `models--{owner}--{name}/snapshots/{commit}` holding `files`, with `refs/{branch}` pointing at
+/// it when `branch` is given.
+fn snapshot(cache: &Path, commit: &str, branch: Option<&str>, files: &[(&str, &str)]) -> PathBuf {
+    let repo = cache.join("models--MILVLG--Imp-v1.5-3B-196");
+    if let Some(branch) = branch {
+        fs::create_dir_all(repo.join("refs")).unwrap();
+        fs::write(repo.join("refs").join(branch), format!("{commit}\n")).unwrap();
+    }
+    let dir = repo.join("snapshots").join(commit);
+    for (name, content) in files {
+        let path = dir.join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+    dir
+}
+
+const SHARDED_INDEX: &str = r#"{"metadata": {"total_size": 8}, "weight_map": {
+    "a.weight": "model-00001-of-00002.safetensors",
+    "b.weight": "model-00002-of-00002.safetensors",
+    "c.weight": "model-00001-of-00002.safetensors"}}"#;
+
+fn model_not_found(result: imp::Result<PathBuf>) -> String {
+    match result {
+        Err(Error::ModelNotFound { name, message }) => {
+            assert_eq!(name, REPO);
+            message
+        }
+        other => panic!("expected ModelNotFound, got {other:?}"),
+    }
+}
+
+#[test]
+fn complete_snapshot_resolves() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = snapshot(
+        cache.path(),
+        COMMIT,
+        Some("main"),
+        &[
+            ("config.json", "{}"),
+            ("model.safetensors", ""),
+            ("tokenizer.json", "{}"),
+        ],
+    );
+    assert_eq!(resolve_model(REPO, &offline(cache.path())).unwrap(), dir);
+}
+
+#[test]
+fn sharded_snapshot_with_bpe_tokenizer_resolves() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = snapshot(
+        cache.path(),
+        COMMIT,
+        Some("main"),
+        &[
+            ("config.json", "{}"),
+            ("model.safetensors.index.json", SHARDED_INDEX),
+            ("model-00001-of-00002.safetensors", ""),
+            ("model-00002-of-00002.safetensors", ""),
+            ("vocab.json", "{}"),
+            ("merges.txt", ""),
+        ],
+    );
+    assert_eq!(resolve_model(REPO, &offline(cache.path())).unwrap(), dir);
+}
+
+#[test]
+fn missing_shard_is_named() {
+    let cache = tempfile::tempdir().unwrap();
+    snapshot(
+        cache.path(),
+        COMMIT,
+        Some("main"),
+        &[
+            ("config.json", "{}"),
+            ("model.safetensors.index.json", SHARDED_INDEX),
+            ("model-00001-of-00002.safetensors", ""),
+            ("tokenizer.json", "{}"),
+        ],
+    );
+    let message = model_not_found(resolve_model(REPO, &offline(cache.path())));
+    assert!(
+        message.contains("missing: model-00002-of-00002.safetensors."),
+        "{message}"
+    );
+    assert!(!message.contains("00001"), "{message}");
+    assert!(message.contains("is incomplete"), "{message}");
+    assert!(
+        message.contains(&format!(
+            "huggingface-cli download {REPO} --cache-dir {}",
+            cache.path().display()
+        )),
+        "{message}"
+    );
+}
+
+#[test]
+fn half_a_bpe_tokenizer_names_the_other_half() {
+    let cache = tempfile::tempdir().unwrap();
+    snapshot(
+        cache.path(),
+        COMMIT,
+        Some("main"),
+        &[("model.safetensors", ""), ("vocab.json", "{}")],
+    );
+    let message = model_not_found(resolve_model(REPO, &offline(cache.path())));
+    assert!(message.contains("missing: config.json, merges.txt."), "{message}");
+}
+
+#[cfg(unix)]
+#[test]
+fn dangling_blob_link_counts_as_missing() {
+    // The real cache layout: snapshot entries are symlinks into blobs/.
+    let cache = tempfile::tempdir().unwrap();
+    let dir = snapshot(
+        cache.path(),
+        COMMIT,
+        Some("main"),
+        &[("config.json", "{}"), ("tokenizer.json", "{}")],
+    );
+    std::os::unix::fs::symlink("../../blobs/0badc0de", dir.join("model.safetensors")).unwrap();
+    let message = model_not_found(resolve_model(REPO, &offline(cache.path())));
+    assert!(message.contains("missing: model.safetensors (or"), "{message}");
+
+    let blobs = cache.path().join("models--MILVLG--Imp-v1.5-3B-196/blobs");
+    fs::create_dir_all(&blobs).unwrap();
+    fs::write(blobs.join("0badc0de"), "").unwrap();
+    assert_eq!(resolve_model(REPO, &offline(cache.path())).unwrap(), dir);
+}
+
+#[test]
+fn uncached_repo_names_files_and_command() {
+    let cache = tempfile::tempdir().unwrap();
+    let options = HubOptions {
+        revision: "v2".to_string(),
+        ..offline(cache.path())
+    };
+    let message = model_not_found(resolve_model(REPO, &options));
+    for expected in [
+        "revision v2",
+        "not in the Hugging Face cache",
+        "config.json",
+        "model.safetensors (or model.safetensors.index.json and its shards)",
+        "tokenizer.json (or vocab.json and merges.txt, or tokenizer.model)",
+        "huggingface-cli download MILVLG/Imp-v1.5-3B-196 --revision v2 --cache-dir",
+        "HF_HUB_OFFLINE",
+    ] {
+        assert!(message.contains(expected), "no `{expected}` in: {message}");
+    }
+}
+
+#[test]
+fn revision_may_be_a_commit_hash() {
+    let cache = tempfile::tempdir().unwrap();
+    // No refs at all: a commit hash names the snapshot directly.
+    let dir = snapshot(
+        cache.path(),
+        COMMIT,
+        None,
+        &[
+            ("config.json", "{}"),
+            ("model.safetensors", ""),
+            ("tokenizer.model", ""),
+        ],
+    );
+    let options = HubOptions {
+        revision: COMMIT.to_string(),
+        ..offline(cache.path())
+    };
+    assert_eq!(resolve_model(REPO, &options).unwrap(), dir);
+    // ...while `main` has no ref to follow.
+    let message = model_not_found(resolve_model(REPO, &offline(cache.path())));
+    assert!(message.contains("revision main"), "{message}");
+}
+
+#[test]
+fn existing_paths_pass_through() {
+    let folder = tempfile::tempdir().unwrap();
+    // Neither the cache nor the network is consulted.
+    let options = HubOptions {
+        cache_dir: Some(folder.path().join("no-cache")),
+        offline: Some(false),
+        ..HubOptions::default()
+    };
+    let spec = folder.path().to_str().unwrap();
+    assert_eq!(resolve_model(spec, &options).unwrap(), folder.path());
+    let file = folder.path().join("model.safetensors");
+    fs::write(&file, "").unwrap();
+    assert_eq!(resolve_model(file.to_str().unwrap(), &options).unwrap(), file);
+}
+
+#[test]
+fn missing_paths_are_not_repo_ids() {
+    let cache = tempfile::tempdir().unwrap();
+    for spec in [
+        "./models/imp",
+        "/nonexistent/imp-model",
+        "~/nonexistent-imp-model",
+        "models/MILVLG/Imp-v1.5-3B-196",
+        "imp-v1.5-3b",
+        "../imp",
+    ] {
+        match resolve_model(spec, &offline(cache.path())) {
+            Err(err @ Error::Io { .. }) => {
+                assert!(err.to_string().contains("no such model folder"), "{err}")
+            }
+            other => panic!("{spec}: expected an Io error, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! `imp::preprocess` against Pillow 13: the expected outputs in `tests/fixtures/preprocess` were
+//! written by `scripts/fixtures/gen_preprocess.py` (see the README there).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use image::RgbImage;
+use imp::preprocess::{
+    decode_rgb, load_rgb, pil_bicubic_resize, AspectMode, ImagePreprocessor, MAX_SIDE,
+};
+use imp::Error;
+use serde::Deserialize;
+
+/// Measured: zune-jpeg's pixels differ from libjpeg-turbo's by at most 1 (see the module docs of
+/// `imp::preprocess`); the resize cannot widen that.
+const JPEG_MAX_ABS: u8 = 1;
+/// Measured at most 0.0022 after the resize; bound with headroom for other JPEGs.
+const JPEG_MEAN_ABS: f64 = 0.01;
+
+#[derive(Deserialize)]
+struct Manifest {
+    cases: Vec<Case>,
+    resizes: Vec<Resize>,
+    normalized: Normalized,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    input: String,
+    size: usize,
+    aspect: String,
+    expected: String,
+    pil_decoded: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Resize {
+    input: String,
+    width: u32,
+    height: u32,
+    expected: String,
+}
+
+#[derive(Deserialize)]
+struct Normalized {
+    input: String,
+    size: usize,
+    aspect: String,
+    expected: String,
+}
+
+fn fixture(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(relative)
+}
+
+fn manifest() -> Manifest {
+    let text = std::fs::read_to_string(fixture("preprocess/cases.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A fixture PNG written by Pillow from a uint8 RGB array, read with the image crate's PNG decoder
+/// (lossless, so independent of the code under test).
+fn png_rgb(relative: &str) -> RgbImage {
+    image::open(fixture(relative)).unwrap().into_rgb8()
+}
+
+fn preprocessor(case: &Case) -> ImagePreprocessor {
+    ImagePreprocessor::new(case.size, AspectMode::from_config(&case.aspect).unwrap())
+}
+
+fn label(case: &Case) -> String {
+    format!("{} {}{}", case.input, case.aspect, case.size)
+}
+
+/// Count of differing values and the first differing pixel, or None when identical.
+fn mismatch(ours: &RgbImage, expected: &RgbImage) -> Option<String> {
+    if ours.dimensions() != expected.dimensions() {
+        return Some(format!(
+            "size {:?} vs {:?}",
+            ours.dimensions(),
+            expected.dimensions()
+        ));
+    }
+    let diffs = ours.iter().zip(expected.iter()).filter(|(a, b)| a != b).count();
+    let (x, y, a, b) = ours
+        .enumerate_pixels()
+        .zip(expected.pixels())
+        .map(|((x, y, a), b)| (x, y, a.0, b.0))
+        .find(|(_, _, a, b)| a != b)?;
+    Some(format!("{diffs} values differ, first at ({x}, {y}): {a:?} vs Pillow {b:?}"))
+}
+
+fn assert_all_match(failures: Vec<String>, checked: usize) {
+    assert!(checked > 0, "no cases checked");
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} differ from Pillow:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+fn is_jpeg(case: &Case) -> bool {
+    case.pil_decoded.is_some()
+}
+
+#[test]
+fn non_jpeg_inputs_match_pillow_exactly() {
+    let cases: Vec<Case> = manifest().cases.into_iter().filter(|c| !is_jpeg(c)).collect();
+    let failures = cases
+        .iter()
+        .filter_map(|case| {
+            let decoded = load_rgb(&fixture(&case.input)).unwrap();
+            let ours = preprocessor(case).resize(&decoded);
+            mismatch(&ours, &png_rgb(&case.expected)).map(|m| format!("{}: {m}", label(case)))
+        })
+        .collect();
+    assert_all_match(failures, cases.len());
+}
+
+#[test]
+fn resize_of_pillow_decoded_jpeg_matches_exactly() {
+    let cases: Vec<Case> = manifest().cases.into_iter().filter(is_jpeg).collect();
+    let failures = cases
+        .iter()
+        .filter_map(|case| {
+            let decoded = png_rgb(case.pil_decoded.as_deref().unwrap());
+            let ours = preprocessor(case).resize(&decoded);
+            mismatch(&ours, &png_rgb(&case.expected)).map(|m| format!("{}: {m}", label(case)))
+        })
+        .collect();
+    assert_all_match(failures, cases.len());
+}
+
+#[test]
+fn non_square_resizes_match_pillow_exactly() {
+    let resizes = manifest().resizes;
+    let failures = resizes
+        .iter()
+        .filter_map(|r| {
+            let ours = pil_bicubic_resize(&load_rgb(&fixture(&r.input)).unwrap(), r.width, r.height);
+            mismatch(&ours, &png_rgb(&r.expected))
+                .map(|m| format!("{} -> {}x{}: {m}", r.input, r.width, r.height))
+        })
+        .collect();
+    assert_all_match(failures, resizes.len());
+}
+
+/// Max and mean absolute difference over all channel values.
+fn difference(ours: &RgbImage, reference: &RgbImage) -> (u8, f64) {
+    assert_eq!(ours.dimensions(), reference.dimensions());
+    let (max, sum) = ours
+        .iter()
+        .zip(reference.iter())
+        .fold((0u8, 0u64), |(max, sum), (&a, &b)| {
+            let d = a.abs_diff(b);
+            (max.max(d), sum + u64::from(d))
+        });
+    (max, sum as f64 / ours.len() as f64)
+}
+
+#[test]
+fn jpeg_decoder_difference_is_within_the_measured_bound() {
+    let cases: Vec<Case> = manifest().cases.into_iter().filter(is_jpeg).collect();
+    assert!(!cases.is_empty());
+    let mut report = Vec::new();
+    for case in &cases {
+        let ours_decoded = load_rgb(&fixture(&case.input)).unwrap();
+        let (decode_max, decode_mean) =
+            difference(&ours_decoded, &png_rgb(case.pil_decoded.as_deref().unwrap()));
+        let (max, mean) = difference(
+            &preprocessor(case).resize(&ours_decoded),
+            &png_rgb(&case.expected),
+        );
+        report.push(format!(
+            "{}: decoded max {decode_max} mean {decode_mean:.4}; resized max {max} mean {mean:.4}",
+            label(case)
+        ));
+        assert!(
+            decode_max <= JPEG_MAX_ABS && max <= JPEG_MAX_ABS && mean <= JPEG_MEAN_ABS,
+            "{}",
+            report.join("\n")
+        );
+    }
+    println!("{}", report.join("\n"));
+}
+
+#[test]
+fn normalized_tensor_matches_transformers() {
+    let n = manifest().normalized;
+    let bytes = std::fs::read(fixture(&n.expected)).unwrap();
+    let expected: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let pre = ImagePreprocessor::new(n.size, AspectMode::from_config(&n.aspect).unwrap());
+    let tensor = pre
+        .preprocess(&load_rgb(&fixture(&n.input)).unwrap(), &Device::Cpu)
+        .unwrap();
+    assert_eq!(tensor.dims(), &[1, 3, n.size, n.size]);
+    assert_eq!(tensor.dtype(), candle_core::DType::F32);
+    let ours = tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(ours.len(), expected.len());
+    let worst = ours
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 1e-6, "max abs difference {worst}");
+}
+
+// --- bad inputs -------------------------------------------------------------------------------
+
+fn crc32(bytes: &[u8]) -> u32 {
+    !bytes.iter().fold(!0u32, |crc, &b| {
+        (0..8).fold(crc ^ u32::from(b), |c, _| {
+            (c >> 1) ^ (0xEDB8_8320 & (c & 1).wrapping_neg())
+        })
+    })
+}
+
+fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+    chunk.extend_from_slice(kind);
+    chunk.extend_from_slice(data);
+    chunk.extend_from_slice(&crc32(&chunk[4..]).to_be_bytes());
+    chunk
+}
+
+/// A well-formed PNG header (8-bit RGB) claiming `width`×`height`, followed by a tiny IDAT.
+fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(png_chunk(b"IHDR", &ihdr));
+    // An empty stored deflate block: valid zlib, far too little data for the claimed size.
+    png.extend(png_chunk(b"IDAT", &[0x78, 0x01, 0x01, 0x00, 0x00, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x01]));
+    png.extend(png_chunk(b"IEND", &[]));
+    png
+}
+
+fn image_error(result: imp::Result<RgbImage>) -> String {
+    match result {
+        Err(e @ Error::Image { .. }) => e.to_string(),
+        Err(e) => panic!("expected an image error, got {e:?}"),
+        Ok(image) => panic!("expected an error, decoded {:?}", image.dimensions()),
+    }
+}
+
+#[test]
+fn crc_of_a_real_png_chunk() {
+    // The IHDR of every fixture PNG carries a CRC that our test helper must reproduce.
+    let bytes = std::fs::read(fixture("images/skimage_coins.png")).unwrap();
+    let stored = u32::from_be_bytes(bytes[29..33].try_into().unwrap());
+    assert_eq!(crc32(&bytes[12..29]), stored);
+}
+
+#[test]
+fn random_bytes_are_not_an_image() {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let bytes: Vec<u8> = (0..4096)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let message = image_error(decode_rgb(&bytes, "noise.bin"));
+    assert!(message.contains("noise.bin") && message.contains("not an image"), "{message}");
+    let message = image_error(decode_rgb(b"", "empty.png"));
+    assert!(message.contains("not an image"), "{message}");
+}
+
+#[test]
+fn truncated_png_is_an_error() {
+    let bytes = std::fs::read(fixture("images/skimage_chelsea.png")).unwrap();
+    for len in [bytes.len() / 2, bytes.len() - 100, 40] {
+        let message = image_error(decode_rgb(&bytes[..len], "chelsea.png"));
+        assert!(message.contains("truncated"), "{len} bytes: {message}");
+    }
+}
+
+#[test]
+fn truncated_jpeg_is_an_error() {
+    let bytes = std::fs::read(fixture("images/pillow_hopper.jpg")).unwrap();
+    decode_rgb(&bytes, "hopper.jpg").unwrap();
+    // Pillow rejects even a JPEG that only lacks its 2-byte end marker.
+    for len in [bytes.len() - 2, bytes.len() / 2, 300] {
+        let message = image_error(decode_rgb(&bytes[..len], "hopper.jpg"));
+        assert!(message.contains("truncated"), "{len} bytes: {message}");
+    }
+}
+
+#[test]
+fn empty_image_is_an_error() {
+    for (w, h) in [(0, 0), (0, 5), (5, 0)] {
+        let message = image_error(decode_rgb(&png_claiming(w, h), "empty.png"));
+        assert!(message.contains("empty.png"), "{message}");
+    }
+}
+
+#[test]
+fn huge_image_is_refused_before_decoding() {
+    let message = image_error(decode_rgb(&png_claiming(30_000, 30_000), "huge.png"));
+    assert!(message.contains("30000×30000") && message.contains("too large"), "{message}");
+    let message = image_error(decode_rgb(&png_claiming(MAX_SIDE + 1, 1), "wide.png"));
+    assert!(message.contains("too large"), "{message}");
+    // Within the per-side limit but over the pixel budget.
+    let message = image_error(decode_rgb(&png_claiming(MAX_SIDE, MAX_SIDE), "square.png"));
+    assert!(message.contains("too large"), "{message}");
+    // The same header at a sane size gets past the limits and fails only for lack of data.
+    let message = image_error(decode_rgb(&png_claiming(300, 300), "small.png"));
+    assert!(!message.contains("too large"), "{message}");
+}
+
+#[test]
+fn missing_file_is_an_io_error_naming_the_path() {
+    let path = Path::new("/nonexistent/dir/picture.png");
+    match load_rgb(path) {
+        Err(e @ Error::Io { .. }) => assert!(e.to_string().contains("picture.png"), "{e}"),
+        other => panic!("expected Error::Io, got {:?}", other.map(|i| i.dimensions())),
+    }
+}
+
+#[test]
+fn any_output_size_works() {
+    let image = load_rgb(&fixture("images/skimage_coffee.png")).unwrap();
+    for size in [1, 2, 42, 56, 70, 601] {
+        for aspect in [AspectMode::Squash, AspectMode::Pad] {
+            let pre = ImagePreprocessor::new(size, aspect);
+            assert_eq!(pre.resize(&image).dimensions(), (size as u32, size as u32));
+            let tensor = pre.preprocess(&image, &Device::Cpu).unwrap();
+            assert_eq!(tensor.dims(), &[1, 3, size, size]);
+        }
+    }
+}
