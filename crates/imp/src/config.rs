@@ -83,8 +83,9 @@ impl ImpConfig {
                 ));
             }
         }
-        let aspect = AspectMode::from_config(json.opt_str("image_aspect_ratio")?.unwrap_or("square"))
-            .map_err(|e| Error::config(&path, e.to_string()))?;
+        let aspect =
+            AspectMode::from_config(json.opt_str("image_aspect_ratio")?.unwrap_or("square"))
+                .map_err(|e| Error::config(&path, e.to_string()))?;
         let max_context = match json.opt_usize(&["tokenizer_model_max_length"])? {
             Some(n) => n,
             None => json.usize(&["max_position_embeddings", "n_positions"])?,
@@ -189,7 +190,11 @@ fn vision_config(
 ) -> Result<(VisionConfig, String)> {
     let mut config = VisionConfig::so400m();
     let mut source = "so400m defaults".to_string();
-    let declared = match json.value.get("vision_tower_config").filter(|v| v.is_object()) {
+    let declared = match json
+        .value
+        .get("vision_tower_config")
+        .filter(|v| v.is_object())
+    {
         Some(value) => {
             source = "config.json vision_tower_config".into();
             Some(Json {
@@ -212,7 +217,9 @@ fn vision_config(
             None => None,
         },
     };
+    let mut declared_image_size = None;
     if let Some(declared) = declared {
+        declared_image_size = declared.opt_usize(&["image_size"])?;
         if let Some(heads) = declared.opt_usize(&["num_attention_heads"])? {
             config.num_heads = heads;
         }
@@ -253,7 +260,12 @@ fn vision_config(
             format!("has {rows} rows, not a square grid of patches"),
         ));
     }
-    config.image_size = grid * config.patch_size;
+    // so400m-384 resizes to 384 px and its stride-14 convolution drops the last 6: the grid
+    // alone cannot tell the resize target, so keep the declared size when it yields this grid.
+    config.image_size = match declared_image_size.unwrap_or(config.image_size) {
+        size if size / config.patch_size == grid => size,
+        _ => grid * config.patch_size,
+    };
     config.num_layers = style.count_vision_layers(checkpoint)?;
     if config.num_layers == 0 {
         return Err(Error::tensor(
@@ -333,7 +345,9 @@ impl Json {
         self.find(keys)
             .map(|(key, v)| {
                 v.as_u64().map(|n| n as usize).ok_or_else(|| {
-                    self.error(format!("key `{key}` must be a non-negative integer, found {v}"))
+                    self.error(format!(
+                        "key `{key}` must be a non-negative integer, found {v}"
+                    ))
                 })
             })
             .transpose()
@@ -369,7 +383,11 @@ impl Json {
 
     /// A token id or list of ids; absent means none.
     fn ids(&self, key: &str) -> Result<Vec<u32>> {
-        let bad = |v: &Value| self.error(format!("key `{key}` must be a token id or a list of ids, found {v}"));
+        let bad = |v: &Value| {
+            self.error(format!(
+                "key `{key}` must be a token id or a list of ids, found {v}"
+            ))
+        };
         match self.find(&[key]) {
             None => Ok(Vec::new()),
             Some((_, Value::Array(items))) => items

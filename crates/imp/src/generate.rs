@@ -121,7 +121,10 @@ pub fn generate_in(
         });
     }
     // Check the markers before spending time on the images.
-    let markers = ids.iter().filter(|&&id| id == model.image_token_id()).count();
+    let markers = ids
+        .iter()
+        .filter(|&&id| id == model.image_token_id())
+        .count();
     if markers != images.len() {
         return Err(Error::Prompt(format!(
             "the prompt has {markers} `<image>` marker(s) but {} image(s) were given; each \
@@ -277,7 +280,8 @@ mod tests {
 
     #[test]
     fn holds_back_possible_stop_prefixes_and_cuts_at_stop() {
-        let (pieces, stopped, text) = run(&["END"], &[" A", " A cat E", " A cat EN", " A cat END x"]);
+        let (pieces, stopped, text) =
+            run(&["END"], &[" A", " A cat E", " A cat EN", " A cat END x"]);
         assert!(stopped);
         assert_eq!(text, "A cat");
         assert_eq!(pieces.concat(), "A cat ");

@@ -244,8 +244,11 @@ fn index_shards(index: &Path) -> Result<BTreeSet<String>> {
         message,
     };
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let parsed: Index = serde_json::from_str(&text)
-        .map_err(|e| bad(format!("not a safetensors index (a `weight_map` object): {e}")))?;
+    let parsed: Index = serde_json::from_str(&text).map_err(|e| {
+        bad(format!(
+            "not a safetensors index (a `weight_map` object): {e}"
+        ))
+    })?;
     Ok(parsed.weight_map.into_values().collect())
 }
 

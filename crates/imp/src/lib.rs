@@ -20,6 +20,7 @@ pub mod preprocess;
 pub mod projector;
 pub mod sampler;
 pub mod session;
+pub mod synthetic;
 pub mod template;
 pub mod tokenizer;
 pub mod vision;

@@ -140,7 +140,10 @@ impl Decoder {
 
     /// Token embeddings `[ids.len(), hidden]`.
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+        if let Some(&id) = ids
+            .iter()
+            .find(|&&id| id as usize >= self.config.vocab_size)
+        {
             return Err(Error::Prompt(format!(
                 "token id {id} is outside the model's vocabulary of {}",
                 self.config.vocab_size

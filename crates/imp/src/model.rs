@@ -110,7 +110,11 @@ impl ImpModel {
             checkpoint
                 .tensor_names()
                 .filter(|n| n.starts_with(prefix))
-                .map(|n| checkpoint.shape(n).map_or(0, |s| s.iter().product::<usize>()))
+                .map(|n| {
+                    checkpoint
+                        .shape(n)
+                        .map_or(0, |s| s.iter().product::<usize>())
+                })
                 .sum()
         };
         let parameters_vision = count(&style.vision_prefix());

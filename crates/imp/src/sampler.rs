@@ -226,8 +226,15 @@ fn top_k_filter(cand: &mut Vec<(u32, f32)>, k: usize) {
 
 /// Candidates least likely first; ties by lower id, which is what a stable ascending sort gives
 /// (torch's CPU sort is not stable, so transformers itself is arbitrary on such ties).
-fn ascending(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
-    a.1.total_cmp(&b.1).then(a.0.cmp(&b.0))
+fn ascending(a: &Ranked, b: &Ranked) -> Ordering {
+    a.score.total_cmp(&b.score).then(a.id.cmp(&b.id))
+}
+
+/// A candidate with its probability, for top-p's cumulative sums.
+struct Ranked {
+    id: u32,
+    score: f32,
+    prob: f32,
 }
 
 /// How many of the most likely candidates `top_p_filter` sorts first; typical nuclei are smaller.
@@ -243,32 +250,39 @@ fn top_p_filter(cand: &mut Vec<(u32, f32)>, top_p: f32) {
     // torch compares the f32 cumsum with `1 - top_p` (a Python double) rounded to f32.
     let threshold = (1.0 - f64::from(top_p)) as f32;
     let softmax = Softmax::new(cand);
-    let n = cand.len();
+    let mut ranked: Vec<Ranked> = cand
+        .iter()
+        .map(|&(id, score)| Ranked {
+            id,
+            score,
+            prob: softmax.prob(score),
+        })
+        .collect();
+    let n = ranked.len();
     let mut chunk = TOP_P_FIRST_CHUNK.min(n);
-    loop {
+    let first_kept = loop {
         let split = n - chunk;
         if split > 0 {
-            cand.select_nth_unstable_by(split, ascending);
+            ranked.select_nth_unstable_by(split, ascending);
         }
-        let below: f64 = cand[..split]
-            .iter()
-            .map(|&(_, s)| f64::from(softmax.prob(s)))
-            .sum();
+        let below: f64 = ranked[..split].iter().map(|r| f64::from(r.prob)).sum();
         if split == 0 || below as f32 <= threshold {
-            cand[split..].sort_unstable_by(ascending);
+            ranked[split..].sort_unstable_by(ascending);
             let mut cumulative = below;
-            let first_kept = cand[split..]
+            break ranked[split..]
                 .iter()
-                .position(|&(_, s)| {
-                    cumulative += f64::from(softmax.prob(s));
+                .position(|r| {
+                    cumulative += f64::from(r.prob);
                     cumulative as f32 > threshold
                 })
                 .map_or(n - 1, |i| split + i);
-            cand.drain(..first_kept);
-            return;
         }
         chunk = (chunk * 4).min(n);
-    }
+    };
+    *cand = ranked[first_kept..]
+        .iter()
+        .map(|r| (r.id, r.score))
+        .collect();
 }
 
 /// Softmax over the candidates' scores: `exp(s - max) * (1 / sum)`, as torch computes it.
@@ -283,10 +297,7 @@ impl Softmax {
             .iter()
             .map(|&(_, s)| s)
             .fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = cand
-            .iter()
-            .map(|&(_, s)| f64::from((s - max).exp()))
-            .sum();
+        let sum: f64 = cand.iter().map(|&(_, s)| f64::from((s - max).exp())).sum();
         Self {
             max,
             inv_sum: (1.0 / sum) as f32,

@@ -21,7 +21,7 @@ use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence, 
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{AddedToken, Model, SplitDelimiterBehavior, Tokenizer};
 
 use crate::{Error, Result};
 
@@ -60,15 +60,13 @@ pub struct ImpTokenizer {
     inner: Tokenizer,
     /// `clean_up_tokenization_spaces` from `tokenizer_config.json` (true for Phi-2).
     clean_up_spaces: bool,
-    /// Counting the vocabulary builds a map of every token, so it is done once per change.
-    vocab_size: usize,
 }
 
 impl fmt::Debug for ImpTokenizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The inner tokenizer's own Debug would print the whole vocabulary.
         f.debug_struct("ImpTokenizer")
-            .field("vocab_size", &self.vocab_size)
+            .field("vocab_size", &self.vocab_size())
             .field("clean_up_spaces", &self.clean_up_spaces)
             .finish_non_exhaustive()
     }
@@ -118,11 +116,10 @@ impl ImpTokenizer {
             read_optional_json(&dir.join(ADDED_TOKENS_JSON))?;
         add_declared_tokens(&mut inner, dir, &config, spm_tokens, added_tokens_json)?;
 
-        let vocab_size = inner.get_vocab_size(true);
         Ok(Self {
             inner,
-            clean_up_spaces: config.clean_up_tokenization_spaces,
-            vocab_size,
+            // What transformers (4.46) assumes when the config is silent.
+            clean_up_spaces: config.clean_up_tokenization_spaces.unwrap_or(false),
         })
     }
 
@@ -141,7 +138,6 @@ impl ImpTokenizer {
             .collect();
         if !missing.is_empty() {
             self.inner.add_special_tokens(&missing);
-            self.vocab_size = self.inner.get_vocab_size(true);
         }
         tokens
             .iter()
@@ -152,6 +148,7 @@ impl ImpTokenizer {
             .collect()
     }
 
+    /// The id of a token of the vocabulary, added tokens included.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
@@ -184,23 +181,33 @@ impl ImpTokenizer {
 
     /// Number of tokens including added ones (transformers' `len(tokenizer)`).
     pub fn vocab_size(&self) -> usize {
-        self.vocab_size
+        // What `Tokenizer::get_vocab_size(true)` returns, without building a map of every token:
+        // added tokens count unless the model vocabulary already has them.
+        let model = self.inner.get_model();
+        let added = self.inner.get_added_vocabulary().get_vocab();
+        model.get_vocab_size()
+            + added
+                .keys()
+                .filter(|token| model.token_to_id(token).is_none())
+                .count()
     }
 
+    /// The underlying `tokenizers` tokenizer, e.g. for streaming decoding.
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
     }
 }
 
-/// The parts of `tokenizer_config.json` that change tokenization.
+/// The parts of `tokenizer_config.json` that change tokenization (any of them may be absent or
+/// null).
 #[derive(Default, Deserialize)]
 #[serde(default)]
 struct TokenizerConfig {
     tokenizer_class: Option<String>,
     add_prefix_space: Option<bool>,
-    clean_up_tokenization_spaces: bool,
+    clean_up_tokenization_spaces: Option<bool>,
     /// Keyed by token id (as a string, JSON keys being strings).
-    added_tokens_decoder: BTreeMap<String, TokenSpec>,
+    added_tokens_decoder: Option<BTreeMap<String, TokenSpec>>,
     bos_token: Option<TokenName>,
     eos_token: Option<TokenName>,
     unk_token: Option<TokenName>,
@@ -208,7 +215,7 @@ struct TokenizerConfig {
     pad_token: Option<TokenName>,
     cls_token: Option<TokenName>,
     mask_token: Option<TokenName>,
-    additional_special_tokens: Vec<TokenName>,
+    additional_special_tokens: Option<Vec<TokenName>>,
 }
 
 impl TokenizerConfig {
@@ -225,7 +232,7 @@ impl TokenizerConfig {
         ]
         .into_iter()
         .flatten()
-        .chain(&self.additional_special_tokens)
+        .chain(self.additional_special_tokens.iter().flatten())
         .map(TokenName::content)
     }
 }
@@ -286,7 +293,7 @@ fn add_declared_tokens(
         declared.insert(id, AddedToken::from(content, is_special));
     }
     let config_path = dir.join(TOKENIZER_CONFIG);
-    for (key, spec) in &config.added_tokens_decoder {
+    for (key, spec) in config.added_tokens_decoder.iter().flatten() {
         let id = key.parse().map_err(|_| {
             invalid(
                 &config_path,
@@ -298,8 +305,9 @@ fn add_declared_tokens(
         declared.insert(id, token);
     }
     let mut tokens: Vec<AddedToken> = declared.values().cloned().collect();
+    let already_added = inner.get_added_vocabulary().get_vocab();
     for name in special {
-        if !tokens.iter().any(|t| t.content == name) {
+        if !already_added.contains_key(name) && !tokens.iter().any(|t| t.content == name) {
             tokens.push(AddedToken::from(name, true));
         }
     }
@@ -309,7 +317,8 @@ fn add_declared_tokens(
         let actual = inner.token_to_id(&token.content);
         if actual != Some(*id) {
             return Err(Error::Tokenizer(format!(
-                "{}: token {:?} is declared with id {id} but the base vocabulary gives it {}",
+                "{}: token {:?} is declared with id {id} (in {ADDED_TOKENS_JSON} or \
+                 {TOKENIZER_CONFIG}) but the base vocabulary gives it {}",
                 dir.display(),
                 token.content,
                 actual.map_or("no id".into(), |a| a.to_string()),
@@ -322,7 +331,11 @@ fn add_declared_tokens(
 /// Byte-level BPE from `vocab.json` + `merges.txt`, as transformers' `GPT2Converter` (GPT-2,
 /// CodeGen) or `Qwen2Converter` builds it.
 fn byte_level_bpe(dir: &Path, config: &TokenizerConfig) -> Result<Tokenizer> {
-    let qwen2 = match config.tokenizer_class.as_deref().map(|c| c.trim_end_matches("Fast")) {
+    let qwen2 = match config
+        .tokenizer_class
+        .as_deref()
+        .map(|c| c.trim_end_matches("Fast"))
+    {
         None | Some("GPT2Tokenizer" | "CodeGenTokenizer") => false,
         Some("Qwen2Tokenizer") => true,
         Some(other) => {
@@ -336,8 +349,8 @@ fn byte_level_bpe(dir: &Path, config: &TokenizerConfig) -> Result<Tokenizer> {
         }
     };
     let vocab_path = dir.join(VOCAB_JSON);
-    let vocab: Vocab = serde_json::from_slice(&read(&vocab_path)?)
-        .map_err(|e| invalid(&vocab_path, e))?;
+    let vocab: Vocab =
+        serde_json::from_slice(&read(&vocab_path)?).map_err(|e| invalid(&vocab_path, e))?;
     let merges_path = dir.join(MERGES_TXT);
     let merges = parse_merges(&read(&merges_path)?).map_err(|e| invalid(&merges_path, e))?;
     let bpe = BPE::builder()
@@ -373,9 +386,14 @@ fn parse_merges(bytes: &[u8]) -> std::result::Result<Vec<(String, String)>, Stri
     let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
     text.lines()
         .enumerate()
-        .filter(|(i, line)| !line.trim().is_empty() && !(*i == 0 && line.starts_with("#version")))
+        .filter(|(i, line)| {
+            let header = *i == 0 && line.starts_with("#version");
+            !header && !line.trim().is_empty()
+        })
         .map(|(i, line)| match line.trim().split_once(' ') {
-            Some((left, right)) if !left.is_empty() && !right.is_empty() && !right.contains(' ') => {
+            Some((left, right))
+                if !left.is_empty() && !right.is_empty() && !right.contains(' ') =>
+            {
                 Ok((left.to_owned(), right.to_owned()))
             }
             _ => Err(format!("line {} is not a merge pair: {line:?}", i + 1)),
@@ -447,7 +465,10 @@ impl SentencePieceModel {
             .filter(|(_, p)| matches!(p.kind, PIECE_UNKNOWN | PIECE_CONTROL | PIECE_USER_DEFINED))
             .map(|(id, p)| {
                 let special = p.kind != PIECE_USER_DEFINED;
-                (id, AddedToken::from(p.piece.clone(), special).normalized(false))
+                (
+                    id,
+                    AddedToken::from(p.piece.clone(), special).normalized(false),
+                )
             })
             .collect()
     }

@@ -37,6 +37,7 @@ impl VisionConfig {
         }
     }
 
+    /// Patches per side; pixels beyond `grid * patch` (6 of so400m's 384) are never seen.
     pub fn grid_size(&self) -> usize {
         self.image_size / self.patch_size
     }
@@ -49,7 +50,6 @@ impl VisionConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads
     }
-
 }
 
 struct EncoderLayer {
@@ -111,8 +111,11 @@ impl VisionTower {
         let (g, p) = (cfg.grid_size(), cfg.patch_size);
         let dtype = self.position_embedding.dtype();
         // [1,3,g*p,g*p] -> [g, g, 3, p, p]: row-major patches, each flattened like the conv kernel.
+        let covered = g * p;
         let patches = pixels
             .to_dtype(dtype)?
+            .narrow(2, 0, covered)?
+            .narrow(3, 0, covered)?
             .reshape((3, g, p, g, p))?
             .permute((1, 3, 0, 2, 4))?
             .reshape((g * g, 3 * p * p))?;

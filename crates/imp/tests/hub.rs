@@ -125,7 +125,10 @@ fn half_a_bpe_tokenizer_names_the_other_half() {
         &[("model.safetensors", ""), ("vocab.json", "{}")],
     );
     let message = model_not_found(resolve_model(REPO, &offline(cache.path())));
-    assert!(message.contains("missing: config.json, merges.txt."), "{message}");
+    assert!(
+        message.contains("missing: config.json, merges.txt."),
+        "{message}"
+    );
 }
 
 #[cfg(unix)]
@@ -141,7 +144,10 @@ fn dangling_blob_link_counts_as_missing() {
     );
     std::os::unix::fs::symlink("../../blobs/0badc0de", dir.join("model.safetensors")).unwrap();
     let message = model_not_found(resolve_model(REPO, &offline(cache.path())));
-    assert!(message.contains("missing: model.safetensors (or"), "{message}");
+    assert!(
+        message.contains("missing: model.safetensors (or"),
+        "{message}"
+    );
 
     let blobs = cache.path().join("models--MILVLG--Imp-v1.5-3B-196/blobs");
     fs::create_dir_all(&blobs).unwrap();
@@ -207,7 +213,10 @@ fn existing_paths_pass_through() {
     assert_eq!(resolve_model(spec, &options).unwrap(), folder.path());
     let file = folder.path().join("model.safetensors");
     fs::write(&file, "").unwrap();
-    assert_eq!(resolve_model(file.to_str().unwrap(), &options).unwrap(), file);
+    assert_eq!(
+        resolve_model(file.to_str().unwrap(), &options).unwrap(),
+        file
+    );
 }
 
 #[test]
@@ -219,7 +228,7 @@ fn missing_paths_are_not_repo_ids() {
         "~/nonexistent-imp-model",
         "models/MILVLG/Imp-v1.5-3B-196",
         "imp-v1.5-3b",
-        "../imp",
+        "../no-such-imp-model",
     ] {
         match resolve_model(spec, &offline(cache.path())) {
             Err(err @ Error::Io { .. }) => {

@@ -34,7 +34,9 @@ struct Fixture {
 }
 
 fn fixture(name: &str) -> Fixture {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name);
     let text = std::fs::read_to_string(dir.join("expected.json")).unwrap();
     let expected = serde_json::from_str(&text).unwrap();
     let tensors =
@@ -70,18 +72,27 @@ fn check(name: &str, style: &str) {
     let family = model.config().decoder.family;
 
     let image = load_rgb(&f.dir.join(&e.image)).unwrap();
-    let pixels = model.preprocessor().preprocess(&image, &Device::Cpu).unwrap();
+    let pixels = model
+        .preprocessor()
+        .preprocess(&image, &Device::Cpu)
+        .unwrap();
     let d = max_abs_diff(&pixels, &f.tensors["pixel_values"]);
     assert!(d <= 1e-6, "{name}: pixels differ by {d}");
 
     let features = model.vision_features(&f.tensors["pixel_values"]).unwrap();
     assert_eq!(features.dims()[0], e.visual_tokens);
     let vision_error = max_abs_diff(&features, &f.tensors["vision_features"]);
-    assert!(vision_error <= TOLERANCE, "{name}: vision features differ by {vision_error}");
+    assert!(
+        vision_error <= TOLERANCE,
+        "{name}: vision features differ by {vision_error}"
+    );
 
     let projected = model.project(&f.tensors["vision_features"]).unwrap();
     let projector_error = max_abs_diff(&projected, &f.tensors["projector_output"]);
-    assert!(projector_error <= TOLERANCE, "{name}: projector output differs by {projector_error}");
+    assert!(
+        projector_error <= TOLERANCE,
+        "{name}: projector output differs by {projector_error}"
+    );
 
     let prompt = Prompt::Question(e.question.clone()).render(family, 1);
     assert_eq!(prompt, e.prompt, "{name}: template");
@@ -96,7 +107,10 @@ fn check(name: &str, style: &str) {
     let hidden = model.decoder().forward(&embeds, &mut session).unwrap();
     let logits = Tensor::new(model.decoder().last_logits(&hidden).unwrap(), &Device::Cpu).unwrap();
     let logits_error = max_abs_diff(&logits, &f.tensors["first_logits"]);
-    assert!(logits_error <= TOLERANCE, "{name}: first-step logits differ by {logits_error}");
+    assert!(
+        logits_error <= TOLERANCE,
+        "{name}: first-step logits differ by {logits_error}"
+    );
 
     let options = GenerationOptions {
         max_new_tokens: e.greedy_tokens.len(),
@@ -117,7 +131,12 @@ fn check(name: &str, style: &str) {
     assert_eq!(generation.text, e.text, "{name}: text");
     assert_eq!(streamed.trim_end(), e.text, "{name}: streamed text");
     let mut logprob_error = 0f32;
-    for (step, (ours, theirs)) in generation.top_logprobs.iter().zip(&e.top_logprobs).enumerate() {
+    for (step, (ours, theirs)) in generation
+        .top_logprobs
+        .iter()
+        .zip(&e.top_logprobs)
+        .enumerate()
+    {
         for ((id, lp), (ref_id, ref_lp)) in ours.iter().zip(theirs) {
             assert_eq!(id, ref_id, "{name}: top ids at step {step}");
             logprob_error = logprob_error.max((lp - ref_lp).abs());

@@ -11,11 +11,12 @@ use imp::preprocess::{
 use imp::Error;
 use serde::Deserialize;
 
-/// Measured: zune-jpeg's pixels differ from libjpeg-turbo's by at most 1 (see the module docs of
-/// `imp::preprocess`); the resize cannot widen that.
-const JPEG_MAX_ABS: u8 = 1;
-/// Measured at most 0.0022 after the resize; bound with headroom for other JPEGs.
-const JPEG_MEAN_ABS: f64 = 0.01;
+/// Measured on the fixtures (see the module docs of `imp::preprocess`): zune-jpeg's pixels differ
+/// from libjpeg-turbo's by at most 4 per channel value (4:2:0 chroma upsampling), before and after
+/// the resize.
+const JPEG_MAX_ABS: u8 = 4;
+/// Measured: mean abs difference after the resize at most 0.31 (pillow_hopper.jpg).
+const JPEG_MEAN_ABS: f64 = 0.35;
 
 #[derive(Deserialize)]
 struct Manifest {
@@ -83,13 +84,19 @@ fn mismatch(ours: &RgbImage, expected: &RgbImage) -> Option<String> {
             expected.dimensions()
         ));
     }
-    let diffs = ours.iter().zip(expected.iter()).filter(|(a, b)| a != b).count();
+    let diffs = ours
+        .iter()
+        .zip(expected.iter())
+        .filter(|(a, b)| a != b)
+        .count();
     let (x, y, a, b) = ours
         .enumerate_pixels()
         .zip(expected.pixels())
         .map(|((x, y, a), b)| (x, y, a.0, b.0))
         .find(|(_, _, a, b)| a != b)?;
-    Some(format!("{diffs} values differ, first at ({x}, {y}): {a:?} vs Pillow {b:?}"))
+    Some(format!(
+        "{diffs} values differ, first at ({x}, {y}): {a:?} vs Pillow {b:?}"
+    ))
 }
 
 fn assert_all_match(failures: Vec<String>, checked: usize) {
@@ -108,7 +115,11 @@ fn is_jpeg(case: &Case) -> bool {
 
 #[test]
 fn non_jpeg_inputs_match_pillow_exactly() {
-    let cases: Vec<Case> = manifest().cases.into_iter().filter(|c| !is_jpeg(c)).collect();
+    let cases: Vec<Case> = manifest()
+        .cases
+        .into_iter()
+        .filter(|c| !is_jpeg(c))
+        .collect();
     let failures = cases
         .iter()
         .filter_map(|case| {
@@ -140,7 +151,8 @@ fn non_square_resizes_match_pillow_exactly() {
     let failures = resizes
         .iter()
         .filter_map(|r| {
-            let ours = pil_bicubic_resize(&load_rgb(&fixture(&r.input)).unwrap(), r.width, r.height);
+            let ours =
+                pil_bicubic_resize(&load_rgb(&fixture(&r.input)).unwrap(), r.width, r.height);
             mismatch(&ours, &png_rgb(&r.expected))
                 .map(|m| format!("{} -> {}x{}: {m}", r.input, r.width, r.height))
         })
@@ -168,8 +180,10 @@ fn jpeg_decoder_difference_is_within_the_measured_bound() {
     let mut report = Vec::new();
     for case in &cases {
         let ours_decoded = load_rgb(&fixture(&case.input)).unwrap();
-        let (decode_max, decode_mean) =
-            difference(&ours_decoded, &png_rgb(case.pil_decoded.as_deref().unwrap()));
+        let (decode_max, decode_mean) = difference(
+            &ours_decoded,
+            &png_rgb(case.pil_decoded.as_deref().unwrap()),
+        );
         let (max, mean) = difference(
             &preprocessor(case).resize(&ours_decoded),
             &png_rgb(&case.expected),
@@ -237,7 +251,12 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
     png.extend(png_chunk(b"IHDR", &ihdr));
     // An empty stored deflate block: valid zlib, far too little data for the claimed size.
-    png.extend(png_chunk(b"IDAT", &[0x78, 0x01, 0x01, 0x00, 0x00, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x01]));
+    png.extend(png_chunk(
+        b"IDAT",
+        &[
+            0x78, 0x01, 0x01, 0x00, 0x00, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x01,
+        ],
+    ));
     png.extend(png_chunk(b"IEND", &[]));
     png
 }
@@ -270,7 +289,10 @@ fn random_bytes_are_not_an_image() {
         })
         .collect();
     let message = image_error(decode_rgb(&bytes, "noise.bin"));
-    assert!(message.contains("noise.bin") && message.contains("not an image"), "{message}");
+    assert!(
+        message.contains("noise.bin") && message.contains("not an image"),
+        "{message}"
+    );
     let message = image_error(decode_rgb(b"", "empty.png"));
     assert!(message.contains("not an image"), "{message}");
 }
@@ -282,6 +304,18 @@ fn truncated_png_is_an_error() {
         let message = image_error(decode_rgb(&bytes[..len], "chelsea.png"));
         assert!(message.contains("truncated"), "{len} bytes: {message}");
     }
+}
+
+#[test]
+fn png_without_its_end_chunk_decodes_like_pillow() {
+    // Pillow reads such a file without complaint; the pixels are all there.
+    let bytes = std::fs::read(fixture("images/skimage_coins.png")).unwrap();
+    assert!(bytes.ends_with(b"IEND\xAE\x42\x60\x82"));
+    let full = decode_rgb(&bytes, "coins.png").unwrap();
+    assert_eq!(
+        decode_rgb(&bytes[..bytes.len() - 12], "coins.png").unwrap(),
+        full
+    );
 }
 
 #[test]
@@ -297,16 +331,27 @@ fn truncated_jpeg_is_an_error() {
 
 #[test]
 fn empty_image_is_an_error() {
+    // The png crate rejects a zero side in the header already.
     for (w, h) in [(0, 0), (0, 5), (5, 0)] {
         let message = image_error(decode_rgb(&png_claiming(w, h), "empty.png"));
-        assert!(message.contains("empty.png"), "{message}");
+        assert!(
+            message.contains("empty.png") && message.contains("dimensions"),
+            "{message}"
+        );
     }
+    // GIF allows a 0×0 screen: header, no colour table, one 0×0 frame, trailer.
+    let gif = b"GIF89a\0\0\0\0\0\0\0\x2c\0\0\0\0\0\0\0\0\0\x02\x02\x4c\x01\0\x3b";
+    let message = image_error(decode_rgb(gif, "empty.gif"));
+    assert!(message.contains("empty image (0×0 pixels)"), "{message}");
 }
 
 #[test]
 fn huge_image_is_refused_before_decoding() {
     let message = image_error(decode_rgb(&png_claiming(30_000, 30_000), "huge.png"));
-    assert!(message.contains("30000×30000") && message.contains("too large"), "{message}");
+    assert!(
+        message.contains("30000×30000") && message.contains("too large"),
+        "{message}"
+    );
     let message = image_error(decode_rgb(&png_claiming(MAX_SIDE + 1, 1), "wide.png"));
     assert!(message.contains("too large"), "{message}");
     // Within the per-side limit but over the pixel budget.
@@ -322,7 +367,10 @@ fn missing_file_is_an_io_error_naming_the_path() {
     let path = Path::new("/nonexistent/dir/picture.png");
     match load_rgb(path) {
         Err(e @ Error::Io { .. }) => assert!(e.to_string().contains("picture.png"), "{e}"),
-        other => panic!("expected Error::Io, got {:?}", other.map(|i| i.dimensions())),
+        other => panic!(
+            "expected Error::Io, got {:?}",
+            other.map(|i| i.dimensions())
+        ),
     }
 }
 

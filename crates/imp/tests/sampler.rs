@@ -52,8 +52,7 @@ struct TopLogprobCase {
 }
 
 fn fixture() -> Fixture {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sampler/expected.json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sampler/expected.json");
     let text = std::fs::read_to_string(&path).expect("read sampler fixture");
     serde_json::from_str(&text).expect("parse sampler fixture")
 }
@@ -240,7 +239,11 @@ fn top_p_over_the_whole_vocabulary_matches_a_full_sort() {
         let sum: f64 = logits.iter().map(|&x| f64::from((x - max).exp())).sum();
         let inv = (1.0 / sum) as f32;
         let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-        order.sort_by(|&a, &b| logits[a as usize].total_cmp(&logits[b as usize]).then(a.cmp(&b)));
+        order.sort_by(|&a, &b| {
+            logits[a as usize]
+                .total_cmp(&logits[b as usize])
+                .then(a.cmp(&b))
+        });
         let threshold = (1.0 - f64::from(top_p)) as f32;
         let mut cumulative = 0.0f64;
         let cut = order
@@ -258,18 +261,21 @@ fn top_p_over_the_whole_vocabulary_matches_a_full_sort() {
 
 #[test]
 fn invalid_params_are_rejected() {
-    let bad = [
-        SamplingParams { temperature: -0.5, ..SamplingParams::default() },
-        SamplingParams { temperature: f32::NAN, ..SamplingParams::default() },
-        SamplingParams { top_k: Some(0), ..SamplingParams::default() },
-        SamplingParams { top_p: Some(0.0), ..SamplingParams::default() },
-        SamplingParams { top_p: Some(1.5), ..SamplingParams::default() },
-        SamplingParams { min_p: Some(-0.1), ..SamplingParams::default() },
-        SamplingParams { min_p: Some(1.1), ..SamplingParams::default() },
-        SamplingParams { repetition_penalty: 0.0, ..SamplingParams::default() },
-        SamplingParams { repetition_penalty: -1.0, ..SamplingParams::default() },
+    let breakers: [fn(&mut SamplingParams); 10] = [
+        |p| p.temperature = -0.5,
+        |p| p.temperature = f32::NAN,
+        |p| p.top_k = Some(0),
+        |p| p.top_p = Some(0.0),
+        |p| p.top_p = Some(1.5),
+        |p| p.min_p = Some(-0.1),
+        |p| p.min_p = Some(1.1),
+        |p| p.repetition_penalty = 0.0,
+        |p| p.repetition_penalty = -1.0,
+        |p| p.repetition_penalty = f32::NAN,
     ];
-    for params in bad {
+    for breaker in breakers {
+        let mut params = SamplingParams::default();
+        breaker(&mut params);
         let err = Sampler::new(params.clone()).err();
         assert!(
             matches!(err, Some(Error::InvalidArgument(_))),

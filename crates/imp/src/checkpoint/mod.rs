@@ -31,12 +31,11 @@ impl Checkpoint {
             // Safety: the files are only read; a checkpoint modified while mapped is a user
             // error that candle surfaces as a read of changed bytes, not undefined behaviour
             // in this crate's own code.
-            let tensors = unsafe { MmapedSafetensors::new(&path) }.map_err(|e| {
-                Error::Checkpoint {
+            let tensors =
+                unsafe { MmapedSafetensors::new(&path) }.map_err(|e| Error::Checkpoint {
                     path: path.clone(),
                     message: format!("not a readable safetensors file ({e})"),
-                }
-            })?;
+                })?;
             for (name, _) in tensors.tensors() {
                 routing.insert(name, files.len());
             }
@@ -63,7 +62,10 @@ impl Checkpoint {
 
     fn view(&self, name: &str) -> Result<safetensors::tensor::TensorView<'_>> {
         let index = *self.routing.get(name).ok_or_else(|| {
-            Error::tensor(name, format!("missing from the checkpoint in {}", self.dir.display()))
+            Error::tensor(
+                name,
+                format!("missing from the checkpoint in {}", self.dir.display()),
+            )
         })?;
         let (path, tensors) = &self.files[index];
         tensors.get(name).map_err(|e| Error::Checkpoint {
@@ -82,8 +84,9 @@ impl Checkpoint {
         for (_, tensors) in &self.files {
             for (_, view) in tensors.tensors() {
                 let elements: usize = view.shape().iter().product();
-                *counts.entry(format!("{:?}", view.dtype()).to_lowercase()).or_default() +=
-                    elements;
+                *counts
+                    .entry(format!("{:?}", view.dtype()).to_lowercase())
+                    .or_default() += elements;
             }
         }
         counts
@@ -171,10 +174,12 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let mut shards: Vec<String> = map
             .values()
             .map(|v| {
-                v.as_str().map(str::to_owned).ok_or_else(|| Error::Checkpoint {
-                    path: index_path.clone(),
-                    message: format!("`weight_map` value {v} is not a file name"),
-                })
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| Error::Checkpoint {
+                        path: index_path.clone(),
+                        message: format!("`weight_map` value {v} is not a file name"),
+                    })
             })
             .collect::<Result<_>>()?;
         shards.sort();
@@ -250,7 +255,12 @@ impl Weights<'_> {
     }
 
     /// LayerNorm where the names include a bias, RMSNorm otherwise.
-    pub fn norm(&self, names: &names::NormNames, dim: usize, eps: f64) -> Result<crate::norm::Norm> {
+    pub fn norm(
+        &self,
+        names: &names::NormNames,
+        dim: usize,
+        eps: f64,
+    ) -> Result<crate::norm::Norm> {
         let weight = self.tensor(&names.weight, &[dim])?;
         Ok(match &names.bias {
             Some(bias) => crate::norm::Norm::layer(weight, self.tensor(bias, &[dim])?, eps),

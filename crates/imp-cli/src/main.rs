@@ -1,0 +1,336 @@
+//! `imp`: answer questions about images with Imp models, on the CPU.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use clap::{Parser, Subcommand, ValueEnum};
+use imp::hub::{resolve_model, HubOptions};
+use imp::synthetic::{self, Preset};
+use imp::{generate, GenerationOptions, ImpModel, LoadOptions, Prompt, SamplingParams};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "imp",
+    version,
+    about = "Run Imp multimodal models (MILVLG) on the CPU"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer a question about an image.
+    Run(RunArgs),
+    /// Show what was detected in a model folder.
+    Info(InfoArgs),
+    /// Write a random-weight checkpoint with a released model's real shapes and names.
+    Synth(SynthArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Dtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<Dtype> for DType {
+    fn from(d: Dtype) -> Self {
+        match d {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::Bf16 => DType::BF16,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// Model folder, or a Hugging Face repo id such as MILVLG/Imp-v1.5-3B-196 (found in the
+    /// Hugging Face cache; downloaded when online and missing).
+    #[arg(long)]
+    model: String,
+    /// Compute dtype.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: Dtype,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Image file (PNG, JPEG, WebP, GIF, BMP, TIFF); repeat for several images.
+    #[arg(long, required = true)]
+    image: Vec<PathBuf>,
+    /// The question. It is wrapped in the model's chat template after an `<image>` marker per
+    /// image, unless it already contains `<image>`: then it is used as the complete prompt.
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
+    /// 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    top_p: Option<f32>,
+    #[arg(long)]
+    min_p: Option<f32>,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop before this text; repeat for several.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Report the K most likely tokens with their log-probabilities at each step (with --json).
+    #[arg(long, default_value_t = 0)]
+    top_logprobs: usize,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct InfoArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct SynthArgs {
+    /// imp-v1-3b, imp-v1.5-3b, imp-v1.5-3b-196, imp-v1.5-2b or imp-v1.5-4b.
+    #[arg(long)]
+    preset: String,
+    /// Folder to write (created if needed).
+    #[arg(long)]
+    out: PathBuf,
+    /// Folder whose tokenizer files to copy (default: the bundled tiny model of that family).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Info(args) => info(args),
+        Command::Synth(args) => synth(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(args: &ModelArgs) -> Result<ImpModel> {
+    let dir = resolve_model(&args.model, &HubOptions::default())?;
+    let options = LoadOptions {
+        dtype: args.dtype.into(),
+        ..Default::default()
+    };
+    ImpModel::load(&dir, &options).with_context(|| format!("loading {}", dir.display()))
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+    };
+    sampling.validate()?;
+    if args.max_new_tokens == 0 {
+        bail!("--max-new-tokens must be at least 1");
+    }
+    // Read the images before the (slow) model load so that a bad file fails fast.
+    let images = args
+        .image
+        .iter()
+        .map(|path| imp::preprocess::load_rgb(path))
+        .collect::<imp::Result<Vec<_>>>()?;
+    let start = Instant::now();
+    let model = load(&args.model)?;
+    let load_s = start.elapsed().as_secs_f64();
+
+    let options = GenerationOptions {
+        max_new_tokens: args.max_new_tokens,
+        sampling,
+        stop_strings: args.stop,
+        top_logprobs: args.top_logprobs,
+    };
+    let prompt = Prompt::from_cli(&args.prompt);
+    let mut stdout = std::io::stdout().lock();
+    let stream = !args.json;
+    let generation = generate(&model, &prompt, &images, &options, &mut |text| {
+        if stream {
+            // A closed stdout (e.g. `| head`) must not abort the generation with a panic.
+            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.flush();
+        }
+    })?;
+    if !args.json {
+        writeln!(stdout)?;
+        return Ok(());
+    }
+    let t = &generation.timings;
+    let top: Vec<Vec<(u32, f32)>> = generation.top_logprobs.clone();
+    let object = json!({
+        "text": generation.text,
+        "tokens": generation.tokens,
+        "prompt_tokens": generation.prompt_tokens,
+        "image_tokens": generation.image_tokens,
+        "finish_reason": generation.finish_reason.as_str(),
+        "top_logprobs": top,
+        "timings": {
+            "load_s": load_s,
+            "preprocess_s": t.preprocess.as_secs_f64(),
+            "vision_s": t.vision.as_secs_f64(),
+            "projector_s": t.projector.as_secs_f64(),
+            "prefill_s": t.prefill.as_secs_f64(),
+            "decode_s": t.decode.as_secs_f64(),
+            "decode_tokens_per_s": t.decode_tokens_per_second(),
+            "peak_rss_bytes": peak_rss_bytes(),
+        },
+    });
+    writeln!(stdout, "{object}")?;
+    Ok(())
+}
+
+fn info(args: InfoArgs) -> Result<()> {
+    let model = load(&args.model)?;
+    let c = model.config();
+    let i = model.info();
+    let d = &c.decoder;
+    let v = &c.vision;
+    let storage: Vec<String> = i
+        .storage
+        .iter()
+        .map(|(dtype, n)| format!("{dtype} ({n} values)"))
+        .collect();
+    let object = json!({
+        "variant": i.variant,
+        "model_type": c.model_type,
+        "naming_style": c.style.label(),
+        "backbone": d.family.label(),
+        "parameters": {
+            "vision": i.parameters_vision,
+            "projector": i.parameters_projector,
+            "llm": i.parameters_llm,
+            "total": i.parameters_vision + i.parameters_projector + i.parameters_llm,
+        },
+        "storage_dtype": storage,
+        "llm": {
+            "hidden_size": d.hidden_size, "layers": d.num_layers, "heads": d.num_heads,
+            "kv_heads": d.num_kv_heads, "head_dim": d.head_dim, "rotary_dim": d.rotary_dim,
+            "intermediate_size": d.intermediate_size, "vocab_size": d.vocab_size,
+            "rope_theta": d.rope_theta,
+        },
+        "vision": {
+            "image_size": v.image_size, "patch_size": v.patch_size, "layers": v.num_layers,
+            "hidden_size": v.hidden_size, "heads": v.num_heads, "settings_from": c.vision_source,
+        },
+        "visual_tokens": model.image_tokens(),
+        "image_aspect_ratio": format!("{:?}", c.aspect).to_lowercase(),
+        "max_context": c.max_context,
+        "image_token_id": model.image_token_id(),
+        "stop_token_ids": model.stop_token_ids(),
+    });
+    if args.json {
+        println!("{object}");
+        return Ok(());
+    }
+    let millions = |n: usize| format!("{:.1} M", n as f64 / 1e6);
+    println!("variant        {}", i.variant);
+    println!("model_type     {}", c.model_type);
+    println!("naming style   {}", c.style.label());
+    println!(
+        "backbone       {} ({} layers, hidden {}, {} heads)",
+        d.family.label(),
+        d.num_layers,
+        d.hidden_size,
+        d.num_heads
+    );
+    println!(
+        "parameters     vision {}, projector {}, llm {}",
+        millions(i.parameters_vision),
+        millions(i.parameters_projector),
+        millions(i.parameters_llm)
+    );
+    println!("storage dtype  {}", storage.join(", "));
+    println!(
+        "vision         SigLIP {} layers, {} px, patch {} (settings from {})",
+        v.num_layers, v.image_size, v.patch_size, c.vision_source
+    );
+    println!("visual tokens  {}", model.image_tokens());
+    println!("aspect ratio   {:?}", c.aspect);
+    println!("max context    {}", c.max_context);
+    println!("stop ids       {:?}", model.stop_token_ids());
+    Ok(())
+}
+
+fn synth(args: SynthArgs) -> Result<()> {
+    let preset = Preset::from_name(&args.preset)?;
+    let tokenizer = match args.tokenizer {
+        Some(dir) => dir,
+        None => bundled_model(match preset.family() {
+            imp::llm::Family::Phi2 => "imp-v1.5-3b-phi2",
+            imp::llm::Family::Qwen2 => "imp-v1.5-2b-qwen1.5",
+            imp::llm::Family::Phi3 => "imp-v1.5-4b-phi3",
+        })?,
+    };
+    let start = Instant::now();
+    let bytes = synthetic::write_checkpoint(preset, &args.out, &tokenizer, args.seed)?;
+    eprintln!(
+        "wrote {} ({:.2} GB of weights) to {} in {:.1} s",
+        preset.name(),
+        bytes as f64 / 1e9,
+        args.out.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The tiny fixture models live in the source tree; `synth` borrows their tokenizers.
+fn bundled_model(name: &str) -> Result<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../imp/tests/fixtures/models")
+        .join(name);
+    if !dir.is_dir() {
+        bail!(
+            "the bundled model {} is not available (not running from a source checkout); pass \
+             --tokenizer DIR",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// Peak resident memory of this process, where the platform reports it.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
