@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use candle_core::DType;
 use candle_core::{Device, Tensor};
 use imp::preprocess::load_rgb;
-use imp::{generate, GenerationOptions, ImpModel, LoadOptions, Prompt};
+use imp::{generate, GenerationOptions, ImpModel, LoadOptions, Prompt, Turn};
 use serde::Deserialize;
 
 const TOLERANCE: f32 = 1e-4;
@@ -25,6 +26,14 @@ struct Expected {
     greedy_tokens: Vec<u32>,
     top_logprobs: Vec<Vec<(u32, f32)>>,
     text: String,
+    chat: Chat,
+}
+
+#[derive(Deserialize)]
+struct Chat {
+    turns: Vec<(String, Option<String>)>,
+    prompt: String,
+    prompt_ids: Vec<u32>,
 }
 
 struct Fixture {
@@ -98,6 +107,23 @@ fn check(name: &str, style: &str) {
     assert_eq!(prompt, e.prompt, "{name}: template");
     let ids = model.tokenize_prompt(&prompt).unwrap();
     assert_eq!(ids, e.prompt_ids, "{name}: prompt ids");
+
+    let turns = e
+        .chat
+        .turns
+        .iter()
+        .map(|(user, assistant)| Turn {
+            user: user.clone(),
+            assistant: assistant.clone(),
+        })
+        .collect();
+    let chat = Prompt::Chat(turns).render(family, 1);
+    assert_eq!(chat, e.chat.prompt, "{name}: multi-turn template");
+    assert_eq!(
+        model.tokenize_prompt(&chat).unwrap(),
+        e.chat.prompt_ids,
+        "{name}: multi-turn ids"
+    );
 
     let embeds = model
         .splice(&ids, &[f.tensors["projector_output"].clone()])
@@ -181,4 +207,45 @@ fn imp_v1_5_2b_qwen_sharded_vocab_merges_only() {
 #[test]
 fn imp_v1_5_4b_phi3_pad_f32() {
     check("imp-v1.5-4b-phi3", "phi3");
+}
+
+/// Half-precision compute keeps the reference's first-step logits within a bound, relative to the
+/// largest logit, measured on these fixtures (f16 / bf16 rounding of every activation).
+fn half_precision_logits_error(name: &str, dtype: DType) -> f32 {
+    let f = fixture(name);
+    let options = LoadOptions {
+        dtype,
+        ..Default::default()
+    };
+    let model = ImpModel::load(&f.dir, &options).unwrap();
+    let projected = model
+        .project(&f.tensors["vision_features"].to_dtype(dtype).unwrap())
+        .unwrap();
+    let embeds = model.splice(&f.expected.prompt_ids, &[projected]).unwrap();
+    let mut session = model.new_session();
+    let hidden = model.decoder().forward(&embeds, &mut session).unwrap();
+    let logits = Tensor::new(model.decoder().last_logits(&hidden).unwrap(), &Device::Cpu).unwrap();
+    let scale = f.tensors["first_logits"]
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    max_abs_diff(&logits, &f.tensors["first_logits"]) / scale
+}
+
+#[test]
+fn f16_and_bf16_compute_stay_close_to_f32() {
+    for name in [
+        "imp-v1.5-3b-phi2",
+        "imp-v1.5-2b-qwen1.5",
+        "imp-v1.5-4b-phi3",
+    ] {
+        let f16 = half_precision_logits_error(name, DType::F16);
+        let bf16 = half_precision_logits_error(name, DType::BF16);
+        eprintln!("{name}: relative first-logit error f16 {f16:.2e}, bf16 {bf16:.2e}");
+        assert!(f16 < 0.005, "{name}: f16 logits off by {f16} of the largest");
+        assert!(bf16 < 0.03, "{name}: bf16 logits off by {bf16} of the largest");
+    }
 }

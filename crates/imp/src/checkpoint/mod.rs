@@ -1,45 +1,64 @@
 //! Reads a Hugging Face model folder: `model.safetensors` or shards listed by
 //! `model.safetensors.index.json`, memory-mapped, in f32, f16 or bf16 storage.
+//!
+//! Each tensor is copied out of the mapping in the compute dtype and its pages are then released,
+//! so a loaded model holds one copy of its weights, not the mapped file as well.
 
 pub mod names;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
+use memmap2::Mmap;
+use safetensors::tensor::{Metadata, TensorInfo};
+use safetensors::{Dtype, SafeTensors};
 
 use crate::{Error, Result};
 
 pub use names::{NamingStyle, Source};
 
+struct WeightFile {
+    path: PathBuf,
+    mmap: Mmap,
+    /// Offset of the data section (after the 8-byte length and the JSON header).
+    data_start: usize,
+    metadata: Metadata,
+}
+
 /// The weight files of one checkpoint, memory-mapped; tensors are read on demand.
 pub struct Checkpoint {
     dir: PathBuf,
-    files: Vec<(PathBuf, MmapedSafetensors)>,
+    files: Vec<WeightFile>,
     /// Tensor name -> index into `files`.
     routing: HashMap<String, usize>,
 }
 
 impl Checkpoint {
-    /// Opens every weight file of the folder and checks their headers.
+    /// Maps every weight file of the folder and validates its header against its length.
     pub fn open(dir: &Path) -> Result<Self> {
-        let paths = weight_files(dir)?;
-        let mut files = Vec::with_capacity(paths.len());
+        let mut files = Vec::new();
         let mut routing = HashMap::new();
-        for path in paths {
-            // Safety: the files are only read; a checkpoint modified while mapped is a user
-            // error that candle surfaces as a read of changed bytes, not undefined behaviour
-            // in this crate's own code.
-            let tensors =
-                unsafe { MmapedSafetensors::new(&path) }.map_err(|e| Error::Checkpoint {
+        for path in weight_files(dir)? {
+            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            // Safety: the mapping is only read. A file truncated or rewritten while mapped is
+            // outside what any mmap-based loader can guard against.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+            let (header_len, metadata) =
+                SafeTensors::read_metadata(&mmap).map_err(|e| Error::Checkpoint {
                     path: path.clone(),
                     message: format!("not a readable safetensors file ({e})"),
                 })?;
-            for (name, _) in tensors.tensors() {
+            for name in metadata.tensors().into_keys() {
                 routing.insert(name, files.len());
             }
-            files.push((path, tensors));
+            files.push(WeightFile {
+                path,
+                mmap,
+                data_start: 8 + header_len,
+                metadata,
+            });
         }
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -60,32 +79,30 @@ impl Checkpoint {
         self.routing.keys().map(String::as_str)
     }
 
-    fn view(&self, name: &str) -> Result<safetensors::tensor::TensorView<'_>> {
-        let index = *self.routing.get(name).ok_or_else(|| {
+    fn info(&self, name: &str) -> Result<(&WeightFile, &TensorInfo)> {
+        let missing = || {
             Error::tensor(
                 name,
                 format!("missing from the checkpoint in {}", self.dir.display()),
             )
-        })?;
-        let (path, tensors) = &self.files[index];
-        tensors.get(name).map_err(|e| Error::Checkpoint {
-            path: path.clone(),
-            message: format!("cannot read tensor `{name}` ({e})"),
-        })
+        };
+        let file = &self.files[*self.routing.get(name).ok_or_else(missing)?];
+        let info = file.metadata.info(name).ok_or_else(missing)?;
+        Ok((file, info))
     }
 
     pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        Ok(self.view(name)?.shape().to_vec())
+        Ok(self.info(name)?.1.shape.clone())
     }
 
     /// Number of stored elements per storage dtype, for reporting.
     pub fn storage_dtypes(&self) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
-        for (_, tensors) in &self.files {
-            for (_, view) in tensors.tensors() {
-                let elements: usize = view.shape().iter().product();
+        for file in &self.files {
+            for info in file.metadata.tensors().into_values() {
+                let elements: usize = info.shape.iter().product();
                 *counts
-                    .entry(format!("{:?}", view.dtype()).to_lowercase())
+                    .entry(format!("{:?}", info.dtype).to_lowercase())
                     .or_default() += elements;
             }
         }
@@ -136,22 +153,48 @@ impl Checkpoint {
     }
 
     fn load_one(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
-        let view = self.view(name)?;
-        let stored = view.dtype();
-        use safetensors::Dtype;
-        if !matches!(stored, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-            return Err(Error::tensor(
-                name,
-                format!("unsupported storage dtype {stored:?} (expected F32, F16 or BF16)"),
-            ));
-        }
-        let index = self.routing[name];
-        let tensor = self.files[index]
-            .1
-            .load(name, device)
-            .map_err(|e| Error::tensor(name, format!("cannot be read ({e})")))?;
+        let (file, info) = self.info(name)?;
+        let stored = match info.dtype {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            other => {
+                return Err(Error::tensor(
+                    name,
+                    format!("unsupported storage dtype {other:?} (expected F32, F16 or BF16)"),
+                ))
+            }
+        };
+        let (begin, end) = info.data_offsets;
+        let range = file.data_start + begin..file.data_start + end;
+        let tensor =
+            Tensor::from_raw_buffer(&file.mmap[range.clone()], stored, &info.shape, device)
+                .map_err(|e| Error::Checkpoint {
+                    path: file.path.clone(),
+                    message: format!("cannot read tensor `{name}` ({e})"),
+                })?;
+        release_pages(&file.mmap, range);
         Ok(tensor.to_dtype(dtype)?)
     }
+}
+
+/// Drops the mapped pages of bytes already copied out; they would otherwise stay resident
+/// beside the copy until the whole checkpoint is unmapped.
+fn release_pages(mmap: &Mmap, range: std::ops::Range<usize>) {
+    #[cfg(unix)]
+    {
+        // Safety: the mapping is read-only and file-backed, so dropped pages are read back
+        // from the file if touched again; no data is lost. Failure only costs memory.
+        let _ = unsafe {
+            mmap.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                range.start,
+                range.len(),
+            )
+        };
+    }
+    #[cfg(not(unix))]
+    let _ = (mmap, range);
 }
 
 /// The safetensors files of a folder: the shards named by the index, else `model.safetensors`.
