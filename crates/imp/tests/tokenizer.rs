@@ -402,36 +402,3 @@ fn truncated_sentencepiece_model_is_rejected() {
     let message = load_error(dir.path());
     assert!(message.contains("tokenizer.model"), "{message}");
 }
-
-/// Start-up cost of each layout; run with
-/// `cargo test --release -p imp --test tokenizer -- --ignored --nocapture load_times`.
-#[test]
-#[ignore = "timing report, not a check"]
-fn load_times() {
-    let phi3_spm = phi3_from_sentencepiece();
-    let phi2_merges = phi2_from_vocab_and_merges();
-    for (label, dir) in [
-        ("phi-2 tokenizer.json", fixtures().join("phi-2")),
-        (
-            "phi-2 vocab.json + merges.txt",
-            phi2_merges.path().to_path_buf(),
-        ),
-        (
-            "qwen1.5 vocab.json + merges.txt",
-            fixtures().join("qwen1.5"),
-        ),
-        ("phi-3 tokenizer.json", fixtures().join("phi-3")),
-        ("phi-3 tokenizer.model", phi3_spm.path().to_path_buf()),
-    ] {
-        load(&dir); // warm the file cache
-        let runs = 5;
-        let start = std::time::Instant::now();
-        for _ in 0..runs {
-            load(&dir);
-        }
-        eprintln!(
-            "{label}: {:.1} ms",
-            start.elapsed().as_secs_f64() * 1e3 / runs as f64
-        );
-    }
-}
