@@ -60,6 +60,13 @@ struct ModelArgs {
     /// Compute dtype.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: Dtype,
+    /// Run the vision tower at this many pixels a side (a multiple of 14), resizing its
+    /// position table by bicubic interpolation; fewer pixels, fewer visual tokens.
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Average KxK patch neighbourhoods before the projector (2: 729 -> 196 visual tokens).
+    #[arg(long, default_value_t = 1)]
+    pool: usize,
 }
 
 #[derive(clap::Args)]
@@ -146,6 +153,8 @@ fn load(args: &ModelArgs) -> Result<ImpModel> {
     let dir = resolve_model(&args.model, &HubOptions::default())?;
     let options = LoadOptions {
         dtype: args.dtype.into(),
+        image_size: args.image_size,
+        pool: args.pool,
         ..Default::default()
     };
     ImpModel::load(&dir, &options).with_context(|| format!("loading {}", dir.display()))
@@ -211,6 +220,8 @@ fn run(args: RunArgs) -> Result<()> {
             "prefill_s": t.prefill.as_secs_f64(),
             "decode_s": t.decode.as_secs_f64(),
             "decode_tokens_per_s": t.decode_tokens_per_second(),
+            "image_size": model.config().vision.image_size,
+            "pool": model.pool(),
             "peak_rss_bytes": peak_rss_bytes(),
         },
     });
@@ -248,7 +259,8 @@ fn info(args: InfoArgs) -> Result<()> {
             "rope_theta": d.rope_theta,
         },
         "vision": {
-            "image_size": v.image_size, "patch_size": v.patch_size, "layers": v.num_layers,
+            "image_size": v.image_size, "trained_image_size": v.position_grid * v.patch_size,
+            "pool": model.pool(), "patch_size": v.patch_size, "layers": v.num_layers,
             "hidden_size": v.hidden_size, "heads": v.num_heads, "settings_from": c.vision_source,
         },
         "visual_tokens": model.image_tokens(),
@@ -283,7 +295,13 @@ fn info(args: InfoArgs) -> Result<()> {
         "vision         SigLIP {} layers, {} px, patch {} (settings from {})",
         v.num_layers, v.image_size, v.patch_size, c.vision_source
     );
-    println!("visual tokens  {}", model.image_tokens());
+    println!(
+        "visual tokens  {} ({}x{} patches, pool {})",
+        model.image_tokens(),
+        v.grid_size(),
+        v.grid_size(),
+        model.pool()
+    );
     println!("aspect ratio   {:?}", c.aspect);
     println!("max context    {}", c.max_context);
     println!("stop ids       {:?}", model.stop_token_ids());

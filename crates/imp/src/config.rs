@@ -262,6 +262,7 @@ fn vision_config(
     }
     // so400m-384 resizes to 384 px and its stride-14 convolution drops the last 6: the grid
     // alone cannot tell the resize target, so keep the declared size when it yields this grid.
+    config.position_grid = grid;
     config.image_size = match declared_image_size.unwrap_or(config.image_size) {
         size if size / config.patch_size == grid => size,
         _ => grid * config.patch_size,

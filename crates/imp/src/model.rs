@@ -15,7 +15,7 @@ use crate::projector::Projector;
 use crate::session::Session;
 use crate::template::{self, IMAGE_MARKER};
 use crate::tokenizer::ImpTokenizer;
-use crate::vision::VisionTower;
+use crate::vision::{pool_patches, VisionTower};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -23,6 +23,13 @@ pub struct LoadOptions {
     /// Compute dtype of every weight and activation (softmax always runs in f32).
     pub dtype: DType,
     pub device: Device,
+    /// Run SigLIP at this many pixels a side (a multiple of the patch size) instead of the
+    /// trained size, with the position table resized as transformers'
+    /// `interpolate_pos_encoding` does.
+    pub image_size: Option<usize>,
+    /// Average `pool x pool` patch neighbourhoods before the projector (1 = off), e.g. 2 turns
+    /// 27x27 = 729 visual tokens into 14x14 = 196.
+    pub pool: usize,
 }
 
 impl Default for LoadOptions {
@@ -30,6 +37,8 @@ impl Default for LoadOptions {
         Self {
             dtype: DType::F32,
             device: Device::Cpu,
+            image_size: None,
+            pool: 1,
         }
     }
 }
@@ -56,6 +65,7 @@ pub struct ImpModel {
     image_token_id: u32,
     bos_token_id: Option<u32>,
     stop_token_ids: Vec<u32>,
+    pool: usize,
 }
 
 impl ImpModel {
@@ -68,7 +78,8 @@ impl ImpModel {
             ));
         }
         let checkpoint = Checkpoint::open(dir)?;
-        let config = ImpConfig::load(dir, &checkpoint)?;
+        let mut config = ImpConfig::load(dir, &checkpoint)?;
+        apply_token_budget(&mut config, options)?;
         let family = config.decoder.family;
 
         let mut tokenizer = ImpTokenizer::from_dir(dir)?;
@@ -138,6 +149,7 @@ impl ImpModel {
             image_token_id,
             bos_token_id,
             stop_token_ids,
+            pool: options.pool,
         })
     }
 
@@ -175,7 +187,12 @@ impl ImpModel {
 
     /// Rows each image contributes to the sequence.
     pub fn image_tokens(&self) -> usize {
-        self.config.vision.num_patches()
+        self.config.vision.grid_size().div_ceil(self.pool).pow(2)
+    }
+
+    /// Patch neighbourhood averaged before the projector (1 = none).
+    pub fn pool(&self) -> usize {
+        self.pool
     }
 
     /// A fresh conversation state for this model.
@@ -188,9 +205,17 @@ impl ImpModel {
         self.vision.forward(pixels)
     }
 
-    /// Projects vision features into the decoder's embedding space.
+    /// Pools (when asked at load) and projects vision features into the decoder's embedding
+    /// space: `[patches, vision_hidden] -> [image_tokens, hidden]`.
     pub fn project(&self, features: &Tensor) -> Result<Tensor> {
-        self.projector.forward(features)
+        let pooled = pool_patches(features, self.config.vision.grid_size(), self.pool)?;
+        self.projector.forward(&pooled)
+    }
+
+    /// An image's projected rows `[image_tokens, hidden]`: preprocessing, vision tower, projector.
+    pub fn embed_image(&self, image: &image::RgbImage) -> Result<Tensor> {
+        let pixels = self.preprocessor.preprocess(image, self.device())?;
+        self.project(&self.vision_features(&pixels)?)
     }
 
     /// Token ids of a rendered prompt, one `image_token_id` per `<image>` marker.
@@ -232,9 +257,37 @@ impl ImpModel {
     }
 }
 
+/// Checks and applies the run-time image size and pooling of `options`.
+fn apply_token_budget(config: &mut ImpConfig, options: &LoadOptions) -> Result<()> {
+    let vision = &mut config.vision;
+    let patch = vision.patch_size;
+    if let Some(size) = options.image_size {
+        if size % patch != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "image size {size} is not a multiple of the patch size {patch}"
+            )));
+        }
+        if size < 2 * patch {
+            return Err(Error::InvalidArgument(format!(
+                "image size {size} is too small: at least {} px (2x2 patches)",
+                2 * patch
+            )));
+        }
+        vision.image_size = size;
+    }
+    let grid = vision.grid_size();
+    if options.pool == 0 || options.pool > grid {
+        return Err(Error::InvalidArgument(format!(
+            "pool {} must be between 1 and the patch grid's side, {grid}",
+            options.pool
+        )));
+    }
+    Ok(())
+}
+
 fn variant_name(config: &ImpConfig) -> &'static str {
-    match (config.decoder.family, config.vision.image_size) {
-        (Family::Phi2, 196) => "Imp-v1.5-3B-196 (Phi-2, 196 px)",
+    match (config.decoder.family, config.vision.position_grid) {
+        (Family::Phi2, 14) => "Imp-v1.5-3B-196 (Phi-2, 196 px)",
         (Family::Phi2, _) => "imp-v1-3b / Imp-v1.5-3B-Phi2 (Phi-2)",
         (Family::Qwen2, _) => "Imp-v1.5-2B-Qwen1.5",
         (Family::Phi3, _) => "Imp-v1.5-4B-Phi3",

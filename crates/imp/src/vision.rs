@@ -19,7 +19,10 @@ pub struct VisionConfig {
     /// Layers stored in the checkpoint, all of which run.
     pub num_layers: usize,
     pub patch_size: usize,
+    /// Pixels a side the image is resized to; may differ from the trained size.
     pub image_size: usize,
+    /// Patches a side of the stored position table (the trained grid).
+    pub position_grid: usize,
     pub layer_norm_eps: f64,
 }
 
@@ -33,6 +36,7 @@ impl VisionConfig {
             num_layers: 26,
             patch_size: 14,
             image_size: 384,
+            position_grid: 27,
             layer_norm_eps: 1e-6,
         }
     }
@@ -78,7 +82,12 @@ impl VisionTower {
             .tensor(&names.patch_weight, &[c, 3, p, p])?
             .reshape((c, 3 * p * p))?;
         let patch_bias = weights.tensor(&names.patch_bias, &[c])?;
-        let position_embedding = weights.tensor(&names.position, &[config.num_patches(), c])?;
+        let trained = config.position_grid;
+        let mut position_embedding = weights.tensor(&names.position, &[trained * trained, c])?;
+        if config.grid_size() != trained {
+            position_embedding =
+                interpolate_positions(&position_embedding, trained, config.grid_size())?;
+        }
         let layers = (0..config.num_layers)
             .map(|i| {
                 let n = style.vision_layer(i);
@@ -154,4 +163,71 @@ impl EncoderLayer {
         self.attn_out
             .forward(&out.transpose(0, 1)?.reshape((n, c))?)
     }
+}
+
+/// The position table resized from `from x from` to `to x to` patches as transformers'
+/// `interpolate_pos_encoding` does: torch's bicubic interpolation (A = -0.75,
+/// `align_corners=False`, edge taps clamped), separable, in f32.
+fn interpolate_positions(table: &Tensor, from: usize, to: usize) -> Result<Tensor> {
+    let (_, dim) = table.dims2()?;
+    let dtype = table.dtype();
+    let values: Vec<f32> = table
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let taps = |out: usize| -> ([usize; 4], [f32; 4]) {
+        let scale = from as f32 / to as f32;
+        let real = scale * (out as f32 + 0.5) - 0.5;
+        let base = real.floor();
+        let t = real - base;
+        let a = -0.75f32;
+        let near = |x: f32| ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0;
+        let far = |x: f32| ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a;
+        let weights = [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)];
+        let index = |k: i64| (base as i64 - 1 + k).clamp(0, from as i64 - 1) as usize;
+        ([index(0), index(1), index(2), index(3)], weights)
+    };
+    let mut out = vec![0f32; to * to * dim];
+    for oy in 0..to {
+        let (ys, wy) = taps(oy);
+        for ox in 0..to {
+            let (xs, wx) = taps(ox);
+            let cell = &mut out[(oy * to + ox) * dim..][..dim];
+            for (channel, value) in cell.iter_mut().enumerate() {
+                let row = |y: usize| -> f32 {
+                    (0..4)
+                        .map(|k| values[(y * from + xs[k]) * dim + channel] * wx[k])
+                        .sum()
+                };
+                *value = (0..4).map(|k| row(ys[k]) * wy[k]).sum();
+            }
+        }
+    }
+    Ok(Tensor::from_vec(out, (to * to, dim), table.device())?.to_dtype(dtype)?)
+}
+
+/// Averages `k x k` neighbourhoods of the `grid x grid` patch features `[grid * grid, dim]`,
+/// like torch's `avg_pool2d(k, stride=k, ceil_mode=True)`: windows at the far edges cover
+/// what is left and average only that.
+pub fn pool_patches(features: &Tensor, grid: usize, k: usize) -> Result<Tensor> {
+    if k == 1 {
+        return Ok(features.clone());
+    }
+    let (_, dim) = features.dims2()?;
+    let out = grid.div_ceil(k);
+    let padded = out * k;
+    let x = features.reshape((grid, grid, dim))?;
+    let x = x
+        .pad_with_zeros(0, 0, padded - grid)?
+        .pad_with_zeros(1, 0, padded - grid)?;
+    let sums = x.reshape((out, k, out, k, dim))?.sum(3)?.sum(1)?;
+    let counts: Vec<f32> = (0..out)
+        .flat_map(|i| {
+            let rows = k.min(grid - i * k);
+            (0..out).map(move |j| (rows * k.min(grid - j * k)) as f32)
+        })
+        .collect();
+    let counts =
+        Tensor::from_vec(counts, (out, out, 1), features.device())?.to_dtype(features.dtype())?;
+    Ok(sums.broadcast_div(&counts)?.reshape((out * out, dim))?)
 }

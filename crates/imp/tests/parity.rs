@@ -245,7 +245,13 @@ fn f16_and_bf16_compute_stay_close_to_f32() {
         let f16 = half_precision_logits_error(name, DType::F16);
         let bf16 = half_precision_logits_error(name, DType::BF16);
         eprintln!("{name}: relative first-logit error f16 {f16:.2e}, bf16 {bf16:.2e}");
-        assert!(f16 < 0.005, "{name}: f16 logits off by {f16} of the largest");
-        assert!(bf16 < 0.03, "{name}: bf16 logits off by {bf16} of the largest");
+        assert!(
+            f16 < 0.005,
+            "{name}: f16 logits off by {f16} of the largest"
+        );
+        assert!(
+            bf16 < 0.03,
+            "{name}: bf16 logits off by {bf16} of the largest"
+        );
     }
 }
