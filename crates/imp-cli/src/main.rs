@@ -1,5 +1,8 @@
 //! `imp`: answer questions about images with Imp models, on the CPU.
 
+mod eval;
+mod quantize;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -32,6 +35,17 @@ enum Command {
     Info(InfoArgs),
     /// Write a random-weight checkpoint with a released model's real shapes and names.
     Synth(SynthArgs),
+    /// Serve an OpenAI-compatible chat completions API (see the README).
+    Serve(imp_server::ServerConfig),
+    /// Convert a model folder into one GGUF file with quantized weights.
+    Quantize(quantize::QuantizeArgs),
+    /// Measure how far a quantization plan moves the predictions from the f32 model's.
+    QuantReport(quantize::ReportArgs),
+    /// Run the paper's benchmarks, score them by their official rules, compare runs.
+    Eval {
+        #[command(subcommand)]
+        command: eval::EvalCommand,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -54,7 +68,8 @@ impl From<Dtype> for DType {
 #[derive(clap::Args)]
 struct ModelArgs {
     /// Model folder, or a Hugging Face repo id such as MILVLG/Imp-v1.5-3B-196 (found in the
-    /// Hugging Face cache; downloaded when online and missing).
+    /// Hugging Face cache; downloaded when online and missing), or a .gguf file written by
+    /// `imp quantize`.
     #[arg(long)]
     model: String,
     /// Compute dtype.
@@ -67,6 +82,8 @@ struct ModelArgs {
     /// Average KxK patch neighbourhoods before the projector (2: 729 -> 196 visual tokens).
     #[arg(long, default_value_t = 1)]
     pool: usize,
+    #[command(flatten)]
+    quant: quantize::QuantArgs,
 }
 
 #[derive(clap::Args)]
@@ -139,6 +156,12 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Info(args) => info(args),
         Command::Synth(args) => synth(args),
+        Command::Serve(config) => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(imp_server::serve(config))),
+        Command::Quantize(args) => quantize::quantize(args),
+        Command::QuantReport(args) => quantize::report(args),
+        Command::Eval { command } => eval::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -149,14 +172,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(args: &ModelArgs) -> Result<ImpModel> {
-    let dir = resolve_model(&args.model, &HubOptions::default())?;
-    let options = LoadOptions {
+fn load_options(args: &ModelArgs) -> Result<LoadOptions> {
+    Ok(LoadOptions {
         dtype: args.dtype.into(),
         image_size: args.image_size,
         pool: args.pool,
+        quantization: args.quant.plan()?,
         ..Default::default()
-    };
+    })
+}
+
+fn load(args: &ModelArgs) -> Result<ImpModel> {
+    let options = load_options(args)?;
+    let dir = resolve_model(&args.model, &HubOptions::default())?;
     ImpModel::load(&dir, &options).with_context(|| format!("loading {}", dir.display()))
 }
 
@@ -188,6 +216,7 @@ fn run(args: RunArgs) -> Result<()> {
         sampling,
         stop_strings: args.stop,
         top_logprobs: args.top_logprobs,
+        ..Default::default()
     };
     let prompt = Prompt::from_cli(&args.prompt);
     let mut stdout = std::io::stdout().lock();
@@ -252,6 +281,7 @@ fn info(args: InfoArgs) -> Result<()> {
             "total": i.parameters_vision + i.parameters_projector + i.parameters_llm,
         },
         "storage_dtype": storage,
+        "weights": i.weights,
         "llm": {
             "hidden_size": d.hidden_size, "layers": d.num_layers, "heads": d.num_heads,
             "kv_heads": d.num_kv_heads, "head_dim": d.head_dim, "rotary_dim": d.rotary_dim,
@@ -291,6 +321,9 @@ fn info(args: InfoArgs) -> Result<()> {
         millions(i.parameters_llm)
     );
     println!("storage dtype  {}", storage.join(", "));
+    for (n, line) in quantize::weight_lines(&i.weights).iter().enumerate() {
+        println!("{:<15}{line}", if n == 0 { "weights" } else { "" });
+    }
     println!(
         "vision         SigLIP {} layers, {} px, patch {} (settings from {})",
         v.num_layers, v.image_size, v.patch_size, c.vision_source

@@ -29,10 +29,55 @@ pub struct ImpConfig {
     pub eos_token_ids: Vec<u32>,
 }
 
+/// The JSON files a configuration is read from: a model folder's, or the copies a GGUF file
+/// written by `imp quantize` embeds.
+#[derive(Debug, Clone)]
+pub struct ConfigFiles {
+    /// The folder or GGUF file the names are relative to (for messages).
+    pub root: PathBuf,
+    /// `config.json`.
+    pub config: String,
+    /// `generation_config.json`, if present.
+    pub generation: Option<String>,
+    /// The path relative to `root` and the text of a SigLIP sub-folder's `config.json` (as
+    /// Imp-v1.5-3B-196 ships), if present.
+    pub vision: Option<(String, String)>,
+}
+
+impl ConfigFiles {
+    pub const CONFIG: &'static str = "config.json";
+    pub const GENERATION: &'static str = "generation_config.json";
+
+    pub fn read(dir: &Path) -> Result<Self> {
+        let read = |path: &Path| std::fs::read_to_string(path).map_err(|e| Error::io(path, e));
+        let generation = dir.join(Self::GENERATION);
+        let vision = match siglip_subfolder(dir)? {
+            Some(path) => {
+                let name = path
+                    .strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                Some((name, read(&path)?))
+            }
+            None => None,
+        };
+        Ok(Self {
+            root: dir.to_path_buf(),
+            config: read(&dir.join(Self::CONFIG))?,
+            generation: generation
+                .is_file()
+                .then(|| read(&generation))
+                .transpose()?,
+            vision,
+        })
+    }
+}
+
 impl ImpConfig {
-    pub fn load(dir: &Path, checkpoint: &Checkpoint) -> Result<Self> {
-        let path = dir.join("config.json");
-        let json = Json::read(&path)?;
+    pub fn load(files: &ConfigFiles, checkpoint: &Checkpoint) -> Result<Self> {
+        let path = files.root.join(ConfigFiles::CONFIG);
+        let json = Json::parse(&path, &files.config)?;
         let model_type = json.str("model_type")?.to_owned();
         let family = match model_type.as_str() {
             "imp" => Family::Phi2,
@@ -71,7 +116,7 @@ impl ImpConfig {
         // The stored table is the truth; configs of some releases round vocab_size differently.
         decoder.vocab_size = embed_shape[0];
 
-        let (vision, vision_source) = vision_config(dir, &json, checkpoint, style)?;
+        let (vision, vision_source) = vision_config(files, &json, checkpoint, style)?;
         if let Some(mm_hidden) = json.opt_usize(&["mm_hidden_size"])? {
             if mm_hidden != vision.hidden_size {
                 return Err(Error::config(
@@ -91,9 +136,9 @@ impl ImpConfig {
             None => json.usize(&["max_position_embeddings", "n_positions"])?,
         };
         let mut eos_token_ids = json.ids("eos_token_id")?;
-        let generation = dir.join("generation_config.json");
-        if generation.is_file() {
-            eos_token_ids.extend(Json::read(&generation)?.ids("eos_token_id")?);
+        if let Some(text) = &files.generation {
+            let path = files.root.join(ConfigFiles::GENERATION);
+            eos_token_ids.extend(Json::parse(&path, text)?.ids("eos_token_id")?);
         }
         eos_token_ids.dedup();
         Ok(Self {
@@ -183,7 +228,7 @@ fn decoder_config(json: &Json, family: Family) -> Result<DecoderConfig> {
 /// SigLIP settings: heads and epsilon from `vision_tower_config`, else a `siglip*/config.json`
 /// sub-folder (as Imp-v1.5-3B-196 ships), else so400m's; every size from the stored tensors.
 fn vision_config(
-    dir: &Path,
+    files: &ConfigFiles,
     json: &Json,
     checkpoint: &Checkpoint,
     style: NamingStyle,
@@ -202,14 +247,11 @@ fn vision_config(
                 value: value.clone(),
             })
         }
-        None => match siglip_subfolder(dir)? {
-            Some(path) => {
-                source = path
-                    .strip_prefix(dir)
-                    .unwrap_or(&path)
-                    .display()
-                    .to_string();
-                let sub = Json::read(&path)?;
+        None => match &files.vision {
+            Some((name, text)) => {
+                source = name.clone();
+                let path = files.root.join(name);
+                let sub = Json::parse(&path, text)?;
                 // A full SiglipConfig nests the vision part.
                 let value = sub.value.get("vision_config").cloned().unwrap_or(sub.value);
                 Some(Json { path, value })
@@ -315,9 +357,8 @@ struct Json {
 }
 
 impl Json {
-    fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let value: Value = serde_json::from_str(&text)
+    fn parse(path: &Path, text: &str) -> Result<Self> {
+        let value: Value = serde_json::from_str(text)
             .map_err(|e| Error::config(path, format!("invalid JSON ({e})")))?;
         if !value.is_object() {
             return Err(Error::config(path, "expected a JSON object"));

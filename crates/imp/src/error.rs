@@ -45,6 +45,10 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// [`crate::GenerationOptions::cancel`] was set.
+    #[error("generation cancelled")]
+    Cancelled,
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 

@@ -1,13 +1,19 @@
 //! Answering a prompt: images through the vision path, the spliced prefill, then token-by-token
 //! decoding with the sampler, stop ids and stop strings, text streamed as it becomes final.
+//!
+//! A session keeps what it has computed: when a prompt extends what the session already holds
+//! (the next turn of a conversation about the same image), only the new part is prefilled.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use candle_core::Tensor;
 use image::RgbImage;
 
 use crate::model::ImpModel;
-use crate::sampler::{top_logprobs, Sampler, SamplingParams};
-use crate::session::Session;
+use crate::sampler::{logprob, top_logprobs, Sampler, SamplingParams};
+use crate::session::{ImageId, Position, Session};
 use crate::template::Prompt;
 use crate::{Error, Result};
 
@@ -19,6 +25,9 @@ pub struct GenerationOptions {
     pub stop_strings: Vec<String>,
     /// Alternatives reported per generated token (0 = none).
     pub top_logprobs: usize,
+    /// Checked before every token: once set (by another thread), generation ends with
+    /// [`Error::Cancelled`].
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for GenerationOptions {
@@ -28,6 +37,7 @@ impl Default for GenerationOptions {
             sampling: SamplingParams::default(),
             stop_strings: Vec::new(),
             top_logprobs: 0,
+            cancel: None,
         }
     }
 }
@@ -80,8 +90,12 @@ pub struct Generation {
     /// Length of the spliced prompt: text tokens plus image rows minus the markers.
     pub prompt_tokens: usize,
     pub image_tokens: usize,
+    /// Leading prompt positions the session already held and that were not computed again.
+    pub reused_tokens: usize,
     /// Per generated token: the most likely ids with their log-probabilities.
     pub top_logprobs: Vec<Vec<(u32, f32)>>,
+    /// Per generated token, when `top_logprobs > 0`: its own log-probability.
+    pub logprobs: Vec<f32>,
     pub finish_reason: FinishReason,
     pub timings: Timings,
 }
@@ -98,7 +112,8 @@ pub fn generate(
     generate_in(model, &mut session, prompt, images, options, on_text)
 }
 
-/// Like [`generate`], in a caller's session that must be empty.
+/// Like [`generate`], in a caller's session; whatever prefix of this prompt the session already
+/// holds is reused.
 pub fn generate_in(
     model: &ImpModel,
     session: &mut Session,
@@ -107,32 +122,10 @@ pub fn generate_in(
     options: &GenerationOptions,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation> {
-    let mut sampler = Sampler::new(options.sampling.clone())?;
+    let ids: Vec<ImageId> = images.iter().map(ImageId::of_image).collect();
+    // Check the prompt before spending time on the images.
+    let prepared = PreparedPrompt::new(model, prompt, &ids)?;
     let mut timings = Timings::default();
-    let text = prompt.render(model.config().decoder.family, images.len());
-    let ids = model.tokenize_prompt(&text)?;
-    let image_tokens = model.image_tokens() * images.len();
-    let prompt_tokens = ids.len() + image_tokens - images.len();
-    let limit = model.config().max_context;
-    if prompt_tokens > limit {
-        return Err(Error::ContextOverflow {
-            needed: prompt_tokens,
-            limit,
-        });
-    }
-    // Check the markers before spending time on the images.
-    let markers = ids
-        .iter()
-        .filter(|&&id| id == model.image_token_id())
-        .count();
-    if markers != images.len() {
-        return Err(Error::Prompt(format!(
-            "the prompt has {markers} `<image>` marker(s) but {} image(s) were given; each \
-             image needs exactly one marker",
-            images.len()
-        )));
-    }
-
     let mut rows = Vec::with_capacity(images.len());
     for image in images {
         let start = Instant::now();
@@ -145,22 +138,132 @@ pub fn generate_in(
         rows.push(model.project(&features)?);
         timings.projector += start.elapsed();
     }
+    let mut generation = generate_prepared(model, session, &prepared, &rows, options, on_text)?;
+    timings.prefill = generation.timings.prefill;
+    timings.decode = generation.timings.decode;
+    timings.decode_steps = generation.timings.decode_steps;
+    generation.timings = timings;
+    Ok(generation)
+}
 
-    let max_new_tokens = options.max_new_tokens.min(limit - prompt_tokens);
+/// A prompt rendered, tokenized and checked against its image count and the context limit, with
+/// what each spliced position holds: all that can be known before the images are encoded.
+#[derive(Debug, Clone)]
+pub struct PreparedPrompt {
+    ids: Vec<u32>,
+    positions: Vec<Position>,
+    images: usize,
+}
+
+impl PreparedPrompt {
+    /// `images` names the images in marker order (see [`ImageId`]).
+    pub fn new(model: &ImpModel, prompt: &Prompt, images: &[ImageId]) -> Result<Self> {
+        let text = prompt.render(model.config().decoder.family, images.len());
+        let ids = model.tokenize_prompt(&text)?;
+        if ids.is_empty() {
+            return Err(Error::Prompt("the prompt is empty".into()));
+        }
+        let image_tokens = model.image_tokens();
+        let len = ids.len() + (image_tokens * images.len()) - images.len();
+        let limit = model.config().max_context;
+        if len > limit {
+            return Err(Error::ContextOverflow { needed: len, limit });
+        }
+        let image_token_id = model.image_token_id();
+        let markers = ids.iter().filter(|&&id| id == image_token_id).count();
+        if markers != images.len() {
+            return Err(Error::Prompt(format!(
+                "the prompt has {markers} `<image>` marker(s) but {} image(s) were given; each \
+                 image needs exactly one marker",
+                images.len()
+            )));
+        }
+        let mut positions = Vec::with_capacity(len);
+        let mut next_image = images.iter();
+        for &id in &ids {
+            if id != image_token_id {
+                positions.push(Position::Token(id));
+            } else if let Some(&image) = next_image.next() {
+                positions
+                    .extend((0..image_tokens as u32).map(|row| Position::ImageRow(image, row)));
+            }
+        }
+        Ok(Self {
+            ids,
+            positions,
+            images: images.len(),
+        })
+    }
+
+    /// What each position of the spliced prompt holds.
+    pub fn positions(&self) -> &[Position] {
+        &self.positions
+    }
+
+    /// Spliced length: text tokens plus image rows minus the markers.
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// Never true: an empty prompt is an error.
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+}
+
+/// Answers a prepared prompt given its images' projected rows ([`ImpModel::embed_image`]), in a
+/// session whose prefix shared with the prompt is reused rather than computed again.
+pub fn generate_prepared(
+    model: &ImpModel,
+    session: &mut Session,
+    prepared: &PreparedPrompt,
+    images: &[Tensor],
+    options: &GenerationOptions,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Generation> {
+    let mut sampler = Sampler::new(options.sampling.clone())?;
+    let cancelled = || {
+        options
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    };
+    let mut timings = Timings::default();
+    let prompt_tokens = prepared.len();
+    let max_new_tokens = options
+        .max_new_tokens
+        .min(model.config().max_context - prompt_tokens);
+
     let start = Instant::now();
-    let embeds = model.splice(&ids, &rows)?;
+    let embeds = model.splice(&prepared.ids, images)?;
+    // Positions fed without being recorded cannot be reused; the last prompt position is always
+    // fed again because its logits give the first token.
+    session.truncate(session.positions().len());
+    let reused_tokens = session
+        .common_prefix(&prepared.positions)
+        .min(prompt_tokens - 1);
+    session.truncate(reused_tokens);
     session.reserve(prompt_tokens + max_new_tokens)?;
+    if cancelled() {
+        return Err(Error::Cancelled);
+    }
+    let embeds = embeds.narrow(0, reused_tokens, prompt_tokens - reused_tokens)?;
     let hidden = model.decoder().forward(&embeds, session)?;
+    session.record(&prepared.positions[reused_tokens..]);
     let mut logits = model.decoder().last_logits(&hidden)?;
     timings.prefill = start.elapsed();
 
-    let mut history = ids.clone();
+    let mut history = prepared.ids.clone();
     let mut tokens = Vec::new();
     let mut top = Vec::new();
+    let mut logprobs = Vec::new();
     let mut stream = TextStream::new(&options.stop_strings);
     let mut finish_reason = FinishReason::Length;
     let decode_start = Instant::now();
     while tokens.len() < max_new_tokens {
+        if cancelled() {
+            return Err(Error::Cancelled);
+        }
         let token = sampler.sample(&logits, &history);
         if model.stop_token_ids().contains(&token) {
             finish_reason = FinishReason::Stop;
@@ -170,6 +273,7 @@ pub fn generate_in(
         history.push(token);
         if options.top_logprobs > 0 {
             top.push(top_logprobs(&logits, options.top_logprobs));
+            logprobs.push(logprob(&logits, token));
         }
         let decoded = model.tokenizer().decode(&tokens, true)?;
         if stream.push(&decoded, on_text) {
@@ -182,6 +286,7 @@ pub fn generate_in(
         let hidden = model
             .decoder()
             .forward(&model.decoder().embed(&[token])?, session)?;
+        session.record(&[Position::Token(token)]);
         logits = model.decoder().last_logits(&hidden)?;
         timings.decode_steps += 1;
     }
@@ -191,8 +296,10 @@ pub fn generate_in(
         text,
         tokens,
         prompt_tokens,
-        image_tokens,
+        image_tokens: model.image_tokens() * prepared.images,
+        reused_tokens,
         top_logprobs: top,
+        logprobs,
         finish_reason,
         timings,
     })

@@ -10,6 +10,7 @@ pub mod attention;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod hub;
 pub mod linear;
@@ -18,6 +19,7 @@ pub mod model;
 pub mod norm;
 pub mod preprocess;
 pub mod projector;
+pub mod quant;
 pub mod sampler;
 pub mod session;
 pub mod synthetic;
@@ -26,8 +28,11 @@ pub mod tokenizer;
 pub mod vision;
 
 pub use error::{Error, Result};
-pub use generate::{generate, FinishReason, Generation, GenerationOptions, Timings};
+pub use generate::{
+    generate, generate_in, generate_prepared, FinishReason, Generation, GenerationOptions,
+    PreparedPrompt, Timings,
+};
 pub use model::{ImpModel, LoadOptions, ModelInfo};
 pub use sampler::SamplingParams;
-pub use session::Session;
+pub use session::{ImageId, Position, Session};
 pub use template::{Prompt, Turn};

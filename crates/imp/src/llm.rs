@@ -11,7 +11,7 @@ use candle_core::{DType, Device, IndexOp, Tensor, D};
 
 use crate::attention::{attend, causal_mask, Rotary};
 use crate::checkpoint::{NamingStyle, Weights};
-use crate::linear::Linear;
+use crate::linear::{Embedding, Linear};
 use crate::norm::Norm;
 use crate::session::Session;
 use crate::{Error, Result};
@@ -75,11 +75,13 @@ struct DecoderLayer {
 
 pub struct Decoder {
     config: DecoderConfig,
-    embed_tokens: Tensor,
+    embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     final_norm: Norm,
     lm_head: Linear,
     rotary: Rotary,
+    dtype: DType,
+    device: Device,
 }
 
 impl Decoder {
@@ -92,7 +94,7 @@ impl Decoder {
     ) -> Result<Self> {
         let h = config.hidden_size;
         let names = style.decoder();
-        let embed_tokens = weights.tensor(&names.embed_tokens, &[config.vocab_size, h])?;
+        let embed_tokens = weights.embedding(&names.embed_tokens, config.vocab_size, h)?;
         let layers = (0..config.num_layers)
             .map(|i| {
                 let n = style.decoder_layer(i);
@@ -123,6 +125,8 @@ impl Decoder {
                 weights.dtype,
                 &weights.device,
             )?,
+            dtype: weights.dtype,
+            device: weights.device.clone(),
         })
     }
 
@@ -131,11 +135,11 @@ impl Decoder {
     }
 
     pub fn dtype(&self) -> DType {
-        self.embed_tokens.dtype()
+        self.dtype
     }
 
     pub fn device(&self) -> &Device {
-        self.embed_tokens.device()
+        &self.device
     }
 
     /// Token embeddings `[ids.len(), hidden]`.
@@ -150,7 +154,7 @@ impl Decoder {
             )));
         }
         let ids = Tensor::new(ids, self.device())?;
-        Ok(self.embed_tokens.index_select(&ids, 0)?)
+        self.embed_tokens.forward(&ids)
     }
 
     /// Runs `embeds[tokens, hidden]` at the session's next positions, storing their keys and

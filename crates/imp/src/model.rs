@@ -12,6 +12,7 @@ use crate::config::ImpConfig;
 use crate::llm::{Decoder, Family};
 use crate::preprocess::ImagePreprocessor;
 use crate::projector::Projector;
+use crate::quant::{Quantization, WeightGroup};
 use crate::session::Session;
 use crate::template::{self, IMAGE_MARKER};
 use crate::tokenizer::ImpTokenizer;
@@ -30,6 +31,9 @@ pub struct LoadOptions {
     /// Average `pool x pool` patch neighbourhoods before the projector (1 = off), e.g. 2 turns
     /// 27x27 = 729 visual tokens into 14x14 = 196.
     pub pool: usize,
+    /// Storage format of each part's matrices, converted as they are read (a folder only; a
+    /// GGUF file is used as stored).
+    pub quantization: Quantization,
 }
 
 impl Default for LoadOptions {
@@ -39,6 +43,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             image_size: None,
             pool: 1,
+            quantization: Quantization::default(),
         }
     }
 }
@@ -52,6 +57,8 @@ pub struct ModelInfo {
     pub parameters_llm: usize,
     /// Stored element count per dtype.
     pub storage: BTreeMap<String, usize>,
+    /// How each group of weights is held in memory (formats, padding, sizes).
+    pub weights: Vec<WeightGroup>,
 }
 
 pub struct ImpModel {
@@ -69,50 +76,23 @@ pub struct ImpModel {
 }
 
 impl ImpModel {
-    /// Loads a Hugging Face Imp folder as published by MILVLG.
-    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
-        if !dir.is_dir() {
-            return Err(Error::io(
-                dir,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such model folder"),
-            ));
-        }
-        let checkpoint = Checkpoint::open(dir)?;
-        let mut config = ImpConfig::load(dir, &checkpoint)?;
+    /// Loads a Hugging Face Imp folder as published by MILVLG, or a GGUF file written by
+    /// `imp quantize`.
+    pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
+        let checkpoint = Checkpoint::open(path)?;
+        let mut config = ImpConfig::load(&checkpoint.config_files()?, &checkpoint)?;
         apply_token_budget(&mut config, options)?;
-        let family = config.decoder.family;
+        let mut tokenizer = checkpoint.tokenizer()?;
+        let special = SpecialTokens::add_to(&mut tokenizer, &config)?;
 
-        let mut tokenizer = ImpTokenizer::from_dir(dir)?;
-        let added: &[&str] = match family {
-            Family::Phi2 => &["</s>", IMAGE_MARKER],
-            Family::Qwen2 | Family::Phi3 => &[IMAGE_MARKER],
-        };
-        let image_token_id = *tokenizer
-            .ensure_special_tokens(added)?
-            .last()
-            .expect("one id per token");
-        let bos_token_id = template::bos_token(family)
-            .map(|bos| {
-                tokenizer.token_id(bos).ok_or_else(|| {
-                    Error::Tokenizer(format!("the tokenizer has no BOS token `{bos}`"))
-                })
-            })
-            .transpose()?;
-        let mut stop_token_ids = config.eos_token_ids.clone();
-        stop_token_ids.extend(
-            template::stop_tokens(family)
-                .iter()
-                .filter_map(|t| tokenizer.token_id(t)),
-        );
-        stop_token_ids.sort_unstable();
-        stop_token_ids.dedup();
-
-        let weights = Weights {
-            checkpoint: &checkpoint,
-            dtype: options.dtype,
-            device: options.device.clone(),
-        };
         let style = config.style;
+        let weights = Weights::new(
+            &checkpoint,
+            style,
+            options.dtype,
+            options.device.clone(),
+            options.quantization,
+        )?;
         let vision = VisionTower::load(&weights, style, &config.vision)?;
         let projector = Projector::load(&weights, style, &config.projector)?;
         let decoder = Decoder::load(&weights, style, &config.decoder, config.max_context)?;
@@ -137,6 +117,7 @@ impl ImpModel {
             parameters_projector,
             parameters_llm: total - parameters_vision - parameters_projector,
             storage: checkpoint.storage_dtypes(),
+            weights: weights.into_stored(),
         };
         Ok(Self {
             preprocessor: ImagePreprocessor::new(config.vision.image_size, config.aspect),
@@ -146,9 +127,9 @@ impl ImpModel {
             vision,
             projector,
             decoder,
-            image_token_id,
-            bos_token_id,
-            stop_token_ids,
+            image_token_id: special.image,
+            bos_token_id: special.bos,
+            stop_token_ids: special.stop,
             pool: options.pool,
         })
     }
@@ -283,6 +264,44 @@ fn apply_token_budget(config: &mut ImpConfig, options: &LoadOptions) -> Result<(
         )));
     }
     Ok(())
+}
+
+/// The ids the template and the generation loop need, after adding the special tokens the
+/// reference adds (`</s>` for Phi-2, `<image>` for all).
+pub(crate) struct SpecialTokens {
+    pub image: u32,
+    pub bos: Option<u32>,
+    pub stop: Vec<u32>,
+}
+
+impl SpecialTokens {
+    pub fn add_to(tokenizer: &mut ImpTokenizer, config: &ImpConfig) -> Result<Self> {
+        let family = config.decoder.family;
+        let added: &[&str] = match family {
+            Family::Phi2 => &["</s>", IMAGE_MARKER],
+            Family::Qwen2 | Family::Phi3 => &[IMAGE_MARKER],
+        };
+        let image = *tokenizer
+            .ensure_special_tokens(added)?
+            .last()
+            .expect("one id per token");
+        let bos = template::bos_token(family)
+            .map(|bos| {
+                tokenizer.token_id(bos).ok_or_else(|| {
+                    Error::Tokenizer(format!("the tokenizer has no BOS token `{bos}`"))
+                })
+            })
+            .transpose()?;
+        let mut stop = config.eos_token_ids.clone();
+        stop.extend(
+            template::stop_tokens(family)
+                .iter()
+                .filter_map(|t| tokenizer.token_id(t)),
+        );
+        stop.sort_unstable();
+        stop.dedup();
+        Ok(Self { image, bos, stop })
+    }
 }
 
 fn variant_name(config: &ImpConfig) -> &'static str {

@@ -170,9 +170,7 @@ pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     if k == 0 {
         return Vec::new();
     }
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&x| f64::from((x - max).exp())).sum();
-    let log_sum = sum.ln() as f32;
+    let (max, log_sum) = log_normalizer(logits);
     let most_likely_first = |&a: &u32, &b: &u32| {
         logits[b as usize]
             .total_cmp(&logits[a as usize])
@@ -185,6 +183,20 @@ pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     ids.into_iter()
         .map(|id| (id, logits[id as usize] - max - log_sum))
         .collect()
+}
+
+/// The natural-log softmax probability of `id` under the raw `logits`, as [`top_logprobs`]
+/// computes it.
+pub fn logprob(logits: &[f32], id: u32) -> f32 {
+    let (max, log_sum) = log_normalizer(logits);
+    logits[id as usize] - max - log_sum
+}
+
+/// `(max, ln(sum(exp(x - max))))`, the sum accumulated in f64.
+fn log_normalizer(logits: &[f32]) -> (f32, f32) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&x| f64::from((x - max).exp())).sum();
+    (max, sum.ln() as f32)
 }
 
 /// RepetitionPenaltyLogitsProcessor: logits of seen ids are divided by the penalty when positive

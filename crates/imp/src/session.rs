@@ -4,16 +4,57 @@
 //! The cache is one preallocated buffer per layer that new keys and values are written into, not
 //! a tensor re-concatenated at every step; it grows geometrically only when a conversation
 //! outruns what was reserved.
+//!
+//! A session also remembers what each cached position was computed from ([`Position`]), so that
+//! a prompt extending an earlier one (the next turn of a conversation) reuses the shared prefix
+//! instead of recomputing it.
 
 use candle_core::{DType, Device, Tensor};
+use sha2::{Digest, Sha256};
 
 use crate::llm::DecoderConfig;
 use crate::Result;
+
+/// Names an image's projected rows for prefix reuse: equal ids must mean equal rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageId(pub [u8; 32]);
+
+impl ImageId {
+    /// The SHA-256 of an encoded image file: collisions cannot be forged, so one client's
+    /// image can never be mistaken for another's.
+    pub fn of_bytes(bytes: &[u8]) -> Self {
+        Self(Sha256::digest(bytes).into())
+    }
+
+    /// The id of decoded pixels (size and RGB bytes).
+    pub fn of_image(image: &image::RgbImage) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(image.width().to_le_bytes());
+        hasher.update(image.height().to_le_bytes());
+        hasher.update(image.as_raw());
+        Self(hasher.finalize().into())
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// What one position of a spliced sequence is computed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    Token(u32),
+    /// Row `row` of an image's projected rows.
+    ImageRow(ImageId, u32),
+}
 
 pub struct Session {
     /// Per layer: keys and values `[1, kv_heads, capacity, head_dim]`.
     layers: Vec<(Tensor, Tensor)>,
     len: usize,
+    /// What the first `positions.len() <= len` cached positions hold; positions fed through
+    /// [`crate::llm::Decoder::forward`] directly are not known and never reused.
+    positions: Vec<Position>,
     capacity: usize,
     num_layers: usize,
     kv_heads: usize,
@@ -27,6 +68,7 @@ impl Session {
         Self {
             layers: Vec::new(),
             len: 0,
+            positions: Vec::new(),
             capacity: 0,
             num_layers: config.num_layers,
             kv_heads: config.num_kv_heads,
@@ -75,6 +117,28 @@ impl Session {
     /// Forgets everything after the first `len` tokens, keeping a shared prefix for reuse.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+        self.positions.truncate(len);
+    }
+
+    /// What the known prefix of the cache holds.
+    pub fn positions(&self) -> &[Position] {
+        &self.positions
+    }
+
+    /// How many leading `positions` this session already holds.
+    pub fn common_prefix(&self, positions: &[Position]) -> usize {
+        self.positions
+            .iter()
+            .zip(positions)
+            .take_while(|(a, b)| a == b)
+            .count()
+    }
+
+    /// Records what the last `new.len()` positions, just fed, were computed from. Call it only
+    /// when every earlier position is known (see [`Self::truncate`]).
+    pub(crate) fn record(&mut self, new: &[Position]) {
+        debug_assert_eq!(self.positions.len() + new.len(), self.len);
+        self.positions.extend_from_slice(new);
     }
 
     /// Stores layer `layer`'s keys and values for the new tokens `[1, kv_heads, new, head_dim]`

@@ -29,7 +29,7 @@ const TOKENIZER_JSON: &str = "tokenizer.json";
 const VOCAB_JSON: &str = "vocab.json";
 const MERGES_TXT: &str = "merges.txt";
 const SENTENCEPIECE_MODEL: &str = "tokenizer.model";
-const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
+pub(crate) const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 const ADDED_TOKENS_JSON: &str = "added_tokens.json";
 const LOOKED_FOR: &str = "looked for tokenizer.json, vocab.json + merges.txt, tokenizer.model";
 
@@ -106,12 +106,7 @@ impl ImpTokenizer {
                 dir.display()
             )));
         };
-        // A prompt must never be cut or padded behind the caller's back.
-        inner
-            .with_truncation(None)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?
-            .with_padding(None);
-
+        never_truncate_or_pad(&mut inner)?;
         let added_tokens_json: BTreeMap<String, u32> =
             read_optional_json(&dir.join(ADDED_TOKENS_JSON))?;
         add_declared_tokens(&mut inner, dir, &config, spm_tokens, added_tokens_json)?;
@@ -119,6 +114,32 @@ impl ImpTokenizer {
         Ok(Self {
             inner,
             // What transformers (4.46) assumes when the config is silent.
+            clean_up_spaces: config.clean_up_tokenization_spaces.unwrap_or(false),
+        })
+    }
+
+    /// The tokenizer as one `tokenizer.json` document, whatever files it was built from (what
+    /// `imp quantize` embeds as `tokenizer.huggingface.json`).
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| Error::Tokenizer(format!("cannot serialize the tokenizer: {e}")))
+    }
+
+    /// The tokenizer [`to_json`](Self::to_json) wrote, with the folder's `tokenizer_config.json`
+    /// text for the decoding settings.
+    pub fn from_json(json: &str, tokenizer_config: Option<&str>) -> Result<Self> {
+        let mut inner: Tokenizer = json
+            .parse()
+            .map_err(|e| Error::Tokenizer(format!("invalid tokenizer JSON: {e}")))?;
+        never_truncate_or_pad(&mut inner)?;
+        let config: TokenizerConfig = tokenizer_config
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| Error::Tokenizer(format!("invalid {TOKENIZER_CONFIG}: {e}")))?
+            .unwrap_or_default();
+        Ok(Self {
+            inner,
             clean_up_spaces: config.clean_up_tokenization_spaces.unwrap_or(false),
         })
     }
@@ -196,6 +217,15 @@ impl ImpTokenizer {
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
     }
+}
+
+/// A prompt must never be cut or padded behind the caller's back.
+fn never_truncate_or_pad(inner: &mut Tokenizer) -> Result<()> {
+    inner
+        .with_truncation(None)
+        .map_err(|e| Error::Tokenizer(e.to_string()))?
+        .with_padding(None);
+    Ok(())
 }
 
 /// The parts of `tokenizer_config.json` that change tokenization (any of them may be absent or

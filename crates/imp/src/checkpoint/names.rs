@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use crate::quant::Part;
 use crate::{Error, Result};
 
 use super::Checkpoint;
@@ -16,6 +17,16 @@ use super::Checkpoint;
 pub enum Source {
     Tensor(String),
     Rows(Vec<String>),
+}
+
+impl Source {
+    /// The stored tensor names, in row order.
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            Source::Tensor(name) => vec![name.as_str()],
+            Source::Rows(names) => names.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 impl fmt::Display for Source {
@@ -145,7 +156,7 @@ impl NamingStyle {
             ("imp_phi3", _, true) => Self::Phi3,
             _ => {
                 return Err(Error::Checkpoint {
-                    path: checkpoint.dir().to_path_buf(),
+                    path: checkpoint.path().to_path_buf(),
                     message: format!(
                         "tensor names do not match model_type `{model_type}`: expected \
                          `model.embed_tokens.weight` or (Phi-2, phi-msft style) \
@@ -302,6 +313,41 @@ impl NamingStyle {
 
     pub fn projector_prefix(self) -> String {
         format!("{}.mm_projector.", self.root())
+    }
+
+    /// The part a stored tensor belongs to.
+    pub fn part_of(self, name: &str) -> Part {
+        if name.starts_with(&self.vision_prefix()) {
+            Part::Vision
+        } else if name.starts_with(&self.projector_prefix()) {
+            Part::Projector
+        } else {
+            Part::Llm
+        }
+    }
+
+    /// Every stored matrix (linear weights and the token-embedding table) of a model with
+    /// these layer counts: what `imp quantize` converts to the plan's formats.
+    pub fn matrix_names(self, decoder_layers: usize, vision_layers: usize) -> Vec<String> {
+        let decoder = self.decoder();
+        let projector = self.projector();
+        let mut linears = vec![decoder.lm_head, projector.fc1, projector.fc2];
+        for i in 0..decoder_layers {
+            let n = self.decoder_layer(i);
+            linears.extend([n.qkv, n.attn_out, n.mlp_in, n.mlp_out]);
+        }
+        for i in 0..vision_layers {
+            let n = self.vision_layer(i);
+            linears.extend([n.qkv, n.attn_out, n.fc1, n.fc2]);
+        }
+        let mut names = vec![decoder.embed_tokens];
+        names.extend(
+            linears
+                .iter()
+                .flat_map(|l| l.weight.names())
+                .map(str::to_owned),
+        );
+        names
     }
 
     pub fn projector(self) -> ProjectorNames {

@@ -1,0 +1,222 @@
+//! Runs generations: at most `--parallel` at once on blocking threads, the rest waiting in a
+//! bounded queue, each streaming its text through a channel, and each in a conversation cache
+//! (`Session`) taken from a bounded pool so that a follow-up turn reuses its prefix.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use imp::{GenerationOptions, ImpModel, Position, PreparedPrompt, Session};
+use tokio::sync::{mpsc, Semaphore, TryAcquireError};
+
+use crate::error::ApiError;
+use crate::images::{ImageBytes, ImageCache};
+use crate::metrics::{Gauges, Metrics};
+
+/// What a generation reports while it runs.
+pub enum Event {
+    Text(String),
+    Done(Result<imp::Generation, ApiError>),
+}
+
+pub struct Job {
+    pub prepared: PreparedPrompt,
+    pub images: Vec<ImageBytes>,
+    pub options: GenerationOptions,
+    /// Also in `options`: set when the client goes away.
+    pub cancel: Arc<AtomicBool>,
+}
+
+pub struct Engine {
+    pub model: Arc<ImpModel>,
+    pub metrics: Metrics,
+    images: ImageCache,
+    slots: Arc<Semaphore>,
+    parallel: usize,
+    queue_capacity: usize,
+    queued: AtomicUsize,
+    sessions: Mutex<SessionPool>,
+}
+
+impl Engine {
+    pub fn new(
+        model: Arc<ImpModel>,
+        images: ImageCache,
+        parallel: usize,
+        queue_capacity: usize,
+        sessions: usize,
+    ) -> Self {
+        Self {
+            model,
+            metrics: Metrics::new(),
+            images,
+            slots: Arc::new(Semaphore::new(parallel)),
+            parallel,
+            queue_capacity,
+            queued: AtomicUsize::new(0),
+            sessions: Mutex::new(SessionPool {
+                idle: Vec::new(),
+                capacity: sessions,
+                clock: 0,
+            }),
+        }
+    }
+
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            queued: self.queued.load(Ordering::Relaxed),
+            running: self.parallel - self.slots.available_permits(),
+            idle_sessions: self.pool().idle.len(),
+            cached_images: self.images.len(),
+        }
+    }
+
+    /// Waits for a generation slot (429 when the queue is full) and starts the job on a
+    /// blocking thread. Dropping the returned future while queued gives up the place.
+    pub async fn submit(
+        self: &Arc<Self>,
+        job: Job,
+    ) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(ApiError::internal("shutting down")),
+            Err(TryAcquireError::NoPermits) => {
+                if self.queued.fetch_add(1, Ordering::SeqCst) >= self.queue_capacity {
+                    self.queued.fetch_sub(1, Ordering::SeqCst);
+                    return Err(ApiError::queue_full());
+                }
+                let _queued = Decrement(&self.queued);
+                self.slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| ApiError::internal("shutting down"))?
+            }
+        };
+        // Unbounded, so that a slow reader never holds up the generation (and its slot): at
+        // most one piece per generated token waits here.
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let engine = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            engine.run(job, &sender);
+        });
+        Ok(receiver)
+    }
+
+    fn run(&self, job: Job, sender: &mpsc::UnboundedSender<Event>) {
+        let mut on_text = |text: &str| {
+            if sender.send(Event::Text(text.to_owned())).is_err() {
+                job.cancel.store(true, Ordering::Relaxed);
+            }
+        };
+        let result = if job.cancel.load(Ordering::Relaxed) {
+            Err(imp::Error::Cancelled.into())
+        } else {
+            self.generate(&job, &mut on_text)
+        };
+        if result.is_err() && job.cancel.load(Ordering::Relaxed) {
+            self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+        // The receiver is gone only when the client is.
+        let _ = sender.send(Event::Done(result));
+    }
+
+    fn generate(
+        &self,
+        job: &Job,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<imp::Generation, ApiError> {
+        let rows = job
+            .images
+            .iter()
+            .map(|image| self.images.rows(&self.model, image, &self.metrics))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (mut session, continued) = self.pool().take(&self.model, job.prepared.positions());
+        let result = imp::generate_prepared(
+            &self.model,
+            &mut session,
+            &job.prepared,
+            &rows,
+            &job.options,
+            on_text,
+        );
+        self.pool().put(session);
+        let generation = result?;
+        let m = &self.metrics;
+        let counter = if continued {
+            &m.kv_cache_hits
+        } else {
+            &m.kv_cache_misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        m.kv_cache_reused_tokens
+            .fetch_add(generation.reused_tokens as u64, Ordering::Relaxed);
+        m.prompt_tokens
+            .fetch_add(generation.prompt_tokens as u64, Ordering::Relaxed);
+        m.completion_tokens
+            .fetch_add(generation.tokens.len() as u64, Ordering::Relaxed);
+        if generation.timings.decode_steps > 0 {
+            m.tokens_per_second(generation.timings.decode_tokens_per_second());
+        }
+        Ok(generation)
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, SessionPool> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Idle conversation caches, least recently used evicted first.
+struct SessionPool {
+    idle: Vec<(u64, Session)>,
+    capacity: usize,
+    clock: u64,
+}
+
+impl SessionPool {
+    /// The idle session that `positions` continues (it shares at least half of what the session
+    /// holds: the same conversation, or the same image), else a fresh one, recycling the least
+    /// recently used when the pool is full. The flag tells whether a conversation continued.
+    fn take(&mut self, model: &ImpModel, positions: &[Position]) -> (Session, bool) {
+        let best = self
+            .idle
+            .iter()
+            .enumerate()
+            .map(|(i, (_, session))| (session.common_prefix(positions), i))
+            .max();
+        if let Some((common, i)) = best {
+            if common > 0 && 2 * common >= self.idle[i].1.positions().len() {
+                return (self.idle.swap_remove(i).1, true);
+            }
+        }
+        if self.idle.len() < self.capacity {
+            return (model.new_session(), false);
+        }
+        match self.least_recently_used() {
+            Some(i) => (self.idle.swap_remove(i).1, false),
+            None => (model.new_session(), false),
+        }
+    }
+
+    fn put(&mut self, session: Session) {
+        self.clock += 1;
+        self.idle.push((self.clock, session));
+        while self.idle.len() > self.capacity {
+            if let Some(i) = self.least_recently_used() {
+                self.idle.swap_remove(i);
+            }
+        }
+    }
+
+    fn least_recently_used(&self) -> Option<usize> {
+        (0..self.idle.len()).min_by_key(|&i| self.idle[i].0)
+    }
+}

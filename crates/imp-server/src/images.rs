@@ -1,0 +1,416 @@
+//! Where request images come from (`data:` URLs, `file://` paths inside `--allow-files`, http(s)
+//! when `--allow-remote-images`), and the cache of their projected rows: a bounded LRU in memory
+//! backed by an optional folder that survives restarts.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use candle_core::Tensor;
+use imp::{ImageId, ImpModel};
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// Time limit for fetching one remote image, connection included.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An image as the request gave it, before decoding.
+pub struct ImageBytes {
+    pub id: ImageId,
+    pub bytes: Vec<u8>,
+    /// For error messages: `messages[i].content[j]`.
+    pub param: String,
+}
+
+pub struct ImageSources {
+    /// Canonical `--allow-files` folder.
+    pub allow_files: Option<PathBuf>,
+    /// `Some` when remote images are allowed.
+    pub http: Option<reqwest::Client>,
+    pub max_bytes: usize,
+}
+
+impl ImageSources {
+    pub fn new(
+        allow_files: Option<&Path>,
+        allow_remote: bool,
+        max_bytes: usize,
+    ) -> anyhow::Result<Self> {
+        let allow_files = allow_files
+            .map(|dir| {
+                dir.canonicalize()
+                    .map_err(|e| anyhow::anyhow!("--allow-files {}: {e}", dir.display()))
+            })
+            .transpose()?;
+        let http = allow_remote
+            .then(|| {
+                reqwest::Client::builder()
+                    .timeout(FETCH_TIMEOUT)
+                    .connect_timeout(FETCH_TIMEOUT)
+                    .build()
+            })
+            .transpose()?;
+        Ok(Self {
+            allow_files,
+            http,
+            max_bytes,
+        })
+    }
+
+    /// The bytes behind an `image_url`; `param` names it in errors.
+    pub async fn fetch(&self, url: &str, param: &str) -> Result<ImageBytes, ApiError> {
+        let bytes = if let Some(rest) = url.strip_prefix("data:") {
+            self.data_url(rest, param)?
+        } else if let Some(path) = url.strip_prefix("file://") {
+            self.file(path, param).await?
+        } else if url.starts_with("http://") || url.starts_with("https://") {
+            self.remote(url, param).await?
+        } else {
+            return Err(ApiError::invalid(
+                "Unsupported image URL: expected a `data:` URL with base64 PNG, JPEG or WebP, a \
+                 `file://` path or an http(s) URL.",
+                Some(param),
+            )
+            .with_code("invalid_image_url"));
+        };
+        Ok(ImageBytes {
+            id: ImageId::of_bytes(&bytes),
+            bytes,
+            param: param.to_owned(),
+        })
+    }
+
+    fn too_large(&self, param: &str) -> ApiError {
+        ApiError::invalid(
+            format!(
+                "The image is larger than the limit of {} bytes.",
+                self.max_bytes
+            ),
+            Some(param),
+        )
+        .with_code("image_too_large")
+    }
+
+    fn data_url(&self, rest: &str, param: &str) -> Result<Vec<u8>, ApiError> {
+        let invalid = |message: &str| {
+            ApiError::invalid(format!("Invalid image data URL: {message}."), Some(param))
+                .with_code("invalid_image_url")
+        };
+        let (header, data) = rest
+            .split_once(',')
+            .ok_or_else(|| invalid("no `,` before the data"))?;
+        let media_type = header.strip_suffix(";base64").ok_or_else(|| {
+            invalid("only base64 data (`data:image/png;base64,...`) is supported")
+        })?;
+        if !media_type.starts_with("image/") {
+            return Err(invalid(&format!(
+                "media type `{media_type}` is not an image type"
+            )));
+        }
+        // Refuse before decoding: base64 takes 4 bytes per 3.
+        if data.len() / 4 * 3 > self.max_bytes + 3 {
+            return Err(self.too_large(param));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data.trim_end())
+            .map_err(|e| invalid(&format!("the base64 does not decode ({e})")))?;
+        if bytes.len() > self.max_bytes {
+            return Err(self.too_large(param));
+        }
+        Ok(bytes)
+    }
+
+    async fn file(&self, path: &str, param: &str) -> Result<Vec<u8>, ApiError> {
+        let Some(allowed) = &self.allow_files else {
+            return Err(ApiError::invalid(
+                "file:// image URLs are disabled; start the server with --allow-files DIR to \
+                 allow those inside DIR.",
+                Some(param),
+            )
+            .with_code("file_urls_disabled"));
+        };
+        let path = percent_decode(path.strip_prefix("localhost").unwrap_or(path));
+        let unreadable = |e: std::io::Error| {
+            ApiError::invalid(format!("Cannot read image file {path}: {e}."), Some(param))
+                .with_code("invalid_image_url")
+        };
+        // Canonical paths resolve `..` and symbolic links, so a prefix check is enough.
+        let canonical = tokio::fs::canonicalize(&path).await.map_err(unreadable)?;
+        if !canonical.starts_with(allowed) {
+            return Err(ApiError::invalid(
+                format!(
+                    "The image file {path} is outside the folder the server allows (--allow-files)."
+                ),
+                Some(param),
+            )
+            .with_status(axum::http::StatusCode::FORBIDDEN, "permission_error")
+            .with_code("image_path_forbidden"));
+        }
+        let size = tokio::fs::metadata(&canonical)
+            .await
+            .map_err(unreadable)?
+            .len();
+        if size > self.max_bytes as u64 {
+            return Err(self.too_large(param));
+        }
+        tokio::fs::read(&canonical).await.map_err(unreadable)
+    }
+
+    async fn remote(&self, url: &str, param: &str) -> Result<Vec<u8>, ApiError> {
+        let Some(client) = &self.http else {
+            return Err(ApiError::invalid(
+                "Remote images are disabled; send the image as a base64 data URL, or start the \
+                 server with --allow-remote-images.",
+                Some(param),
+            )
+            .with_code("remote_images_disabled"));
+        };
+        let failed = |e: String| {
+            ApiError::invalid(format!("Could not fetch image {url}: {e}."), Some(param))
+                .with_code("invalid_image_url")
+        };
+        let mut response = client
+            .get(url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| failed(e.to_string()))?;
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_bytes as u64)
+        {
+            return Err(self.too_large(param));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| failed(e.to_string()))? {
+            if bytes.len() + chunk.len() > self.max_bytes {
+                return Err(self.too_large(param));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    }
+}
+
+/// `%XX` escapes of a file URL's path.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Projected rows by image content hash.
+pub struct ImageCache {
+    memory: Mutex<Lru>,
+    /// `--cache-dir`/`<model fingerprint>`.
+    disk: Option<PathBuf>,
+}
+
+struct Lru {
+    entries: HashMap<ImageId, (u64, Tensor)>,
+    capacity: usize,
+    clock: u64,
+}
+
+impl ImageCache {
+    pub fn new(capacity: usize, disk: Option<PathBuf>) -> anyhow::Result<Self> {
+        if let Some(dir) = &disk {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("--cache-dir {}: {e}", dir.display()))?;
+        }
+        Ok(Self {
+            memory: Mutex::new(Lru {
+                entries: HashMap::new(),
+                capacity,
+                clock: 0,
+            }),
+            disk,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The image's projected rows: from memory, from disk, or computed (and then cached).
+    /// Blocking: decoding and the vision tower run here.
+    pub fn rows(
+        &self,
+        model: &ImpModel,
+        image: &ImageBytes,
+        metrics: &Metrics,
+    ) -> Result<Tensor, ApiError> {
+        if let Some(rows) = self.lock().get(&image.id) {
+            metrics
+                .image_cache_memory_hits
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(rows);
+        }
+        if let Some(rows) = self.load(model, &image.id) {
+            metrics
+                .image_cache_disk_hits
+                .fetch_add(1, Ordering::Relaxed);
+            self.lock().put(image.id, rows.clone());
+            return Ok(rows);
+        }
+        metrics.image_cache_misses.fetch_add(1, Ordering::Relaxed);
+        let rgb = imp::preprocess::decode_rgb(&image.bytes, &image.param).map_err(|e| {
+            ApiError {
+                param: Some(image.param.clone()),
+                ..e.into()
+            }
+        })?;
+        let rows = model.embed_image(&rgb)?;
+        self.store(&image.id, &rows);
+        self.lock().put(image.id, rows.clone());
+        Ok(rows)
+    }
+
+    fn path(&self, id: &ImageId) -> Option<PathBuf> {
+        Some(
+            self.disk
+                .as_ref()?
+                .join(format!("{}.safetensors", id.to_hex())),
+        )
+    }
+
+    /// A cached file that does not hold rows of the expected shape and dtype is ignored (and
+    /// overwritten once recomputed).
+    fn load(&self, model: &ImpModel, id: &ImageId) -> Option<Tensor> {
+        let path = self.path(id)?;
+        if !path.exists() {
+            return None;
+        }
+        let rows = candle_core::safetensors::load(&path, model.device())
+            .ok()?
+            .remove("rows")?;
+        let expected = (model.image_tokens(), model.config().decoder.hidden_size);
+        (rows.dims2().ok()? == expected && rows.dtype() == model.decoder().dtype()).then_some(rows)
+    }
+
+    /// Best effort: a full disk only costs recomputation later.
+    fn store(&self, id: &ImageId, rows: &Tensor) {
+        let Some(path) = self.path(id) else { return };
+        // Write aside and rename, so that a crash never leaves a half-written entry.
+        let temp = path.with_extension(format!("{}.tmp", std::process::id()));
+        let result = rows
+            .save_safetensors("rows", &temp)
+            .map_err(|e| e.to_string())
+            .and_then(|()| std::fs::rename(&temp, &path).map_err(|e| e.to_string()));
+        if let Err(e) = result {
+            tracing::warn!("image cache {}: {e}", path.display());
+            let _ = std::fs::remove_file(&temp);
+        }
+    }
+}
+
+impl Lru {
+    fn get(&mut self, id: &ImageId) -> Option<Tensor> {
+        self.clock += 1;
+        let (used, rows) = self.entries.get_mut(id)?;
+        *used = self.clock;
+        Some(rows.clone())
+    }
+
+    fn put(&mut self, id: ImageId, rows: Tensor) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.clock += 1;
+        self.entries.insert(id, (self.clock, rows));
+        while self.entries.len() > self.capacity {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (used, _))| *used)
+                .map(|(id, _)| *id);
+            if let Some(id) = oldest {
+                self.entries.remove(&id);
+            }
+        }
+    }
+}
+
+/// A folder name that changes whenever the model's files or the computed rows would: the
+/// model's path, file sizes and modification times, and the run-time settings.
+pub fn model_fingerprint(model_path: &Path, model: &ImpModel) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut add_file = |path: &Path| {
+        if let Ok(meta) = std::fs::metadata(path) {
+            hasher.update(path.to_string_lossy().as_bytes());
+            hasher.update(meta.len().to_le_bytes());
+            if let Ok(Ok(modified)) = meta
+                .modified()
+                .map(|t| t.duration_since(std::time::UNIX_EPOCH))
+            {
+                hasher.update(modified.as_nanos().to_le_bytes());
+            }
+        }
+    };
+    let mut files = vec![model_path.to_path_buf()];
+    if model_path.is_dir() {
+        // Two levels: Imp-v1.5-3B-196 keeps its vision tower in a sub-folder.
+        for dir in std::iter::once(model_path.to_path_buf()).chain(subdirs(model_path)) {
+            files.extend(entries(&dir));
+        }
+    }
+    files.sort();
+    files.iter().for_each(|f| add_file(f));
+    hasher.update(
+        format!(
+            "{:?} {} {}",
+            model.decoder().dtype(),
+            model.image_tokens(),
+            model.config().vision.image_size
+        )
+        .as_bytes(),
+    );
+    let digest = hasher.finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| Some(e.ok()?.path())).collect())
+        .unwrap_or_default()
+}
+
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    entries(dir).into_iter().filter(|p| p.is_dir()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("/a%20b/c%2Fd%zz"), "/a b/c/d%zz");
+    }
+}

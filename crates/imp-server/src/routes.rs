@@ -1,0 +1,393 @@
+//! HTTP handlers: chat completions (plain and server-sent events), models, health, metrics,
+//! the API key check, and JSON errors for everything else (unknown routes, panics).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream;
+use imp::{Generation, GenerationOptions, ImageId, PreparedPrompt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::engine::{Engine, Event, Job};
+use crate::error::ApiError;
+use crate::images::ImageSources;
+use crate::openai::{self, ChatRequest};
+
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub model_names: Vec<String>,
+    pub api_key: Option<String>,
+    pub sources: ImageSources,
+    pub max_body_bytes: usize,
+    pub created: u64,
+}
+
+pub fn router(state: AppState) -> Router {
+    let state = Arc::new(state);
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{id}", get(get_model))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .merge(api)
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal("internal error while handling the request").into_response()
+        }))
+        .with_state(state)
+}
+
+async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            None => {
+                return ApiError::unauthorized(
+                    "Missing API key: send it as `Authorization: Bearer KEY`.",
+                )
+                .into_response()
+            }
+            Some(given) if !same_secret(given.trim().as_bytes(), key.as_bytes()) => {
+                return ApiError::unauthorized("Incorrect API key provided.").into_response()
+            }
+            Some(_) => {}
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares in time independent of where the inputs differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::invalid(
+        format!(
+            "Unknown route: {} {}.",
+            request.method(),
+            request.uri().path()
+        ),
+        None,
+    )
+    .with_status(StatusCode::NOT_FOUND, "invalid_request_error")
+    .with_code("unknown_url")
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::invalid(
+        format!(
+            "Method {} is not allowed on {}.",
+            request.method(),
+            request.uri().path()
+        ),
+        None,
+    )
+    .with_status(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error")
+    .with_code("method_not_allowed")
+}
+
+fn model_object(state: &AppState) -> Value {
+    json!({
+        "id": state.model_names[0],
+        "object": "model",
+        "created": state.created,
+        "owned_by": "imp",
+    })
+}
+
+async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [model_object(&state)]}))
+}
+
+async fn get_model(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if state.model_names.contains(&id) {
+        Ok(Json(model_object(&state)))
+    } else {
+        Err(ApiError::model_not_found(&id))
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let engine = &state.engine;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        engine.metrics.render(&engine.gauges()),
+    )
+}
+
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let response = match chat(&state, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    state.engine.metrics.response(response.status().as_u16());
+    response
+}
+
+/// Sets the cancellation flag when dropped: when the client goes away, axum drops the handler
+/// or the response stream that holds it.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn chat(
+    state: &Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(format!(
+                "The request body is larger than the limit of {} bytes.",
+                state.max_body_bytes
+            ))
+        } else {
+            ApiError::invalid(rejection.body_text(), None)
+        }
+    })?;
+    let request = openai::parse_request(&body)?;
+    if !state.model_names.contains(&request.model) {
+        return Err(ApiError::model_not_found(&request.model));
+    }
+    let mut images = Vec::with_capacity(request.conversation.image_urls.len());
+    for (url, param) in &request.conversation.image_urls {
+        images.push(state.sources.fetch(url, param).await?);
+    }
+
+    let model = Arc::clone(&state.engine.model);
+    let prompt = request.conversation.prompt(model.config().decoder.family);
+    let ids: Vec<ImageId> = images.iter().map(|image| image.id).collect();
+    // Tokenizing a long conversation is CPU work: keep it off the async threads.
+    let prepared = tokio::task::spawn_blocking(move || PreparedPrompt::new(&model, &prompt, &ids))
+        .await
+        .map_err(|e| ApiError::internal(format!("preparing the prompt failed: {e}")))??;
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    let guard = CancelOnDrop(Arc::clone(&cancel));
+    let options = GenerationOptions {
+        max_new_tokens: request
+            .max_tokens
+            .unwrap_or(GenerationOptions::default().max_new_tokens),
+        sampling: request.sampling.clone(),
+        stop_strings: request.stop.clone(),
+        // The token's own log-probability comes with its alternatives.
+        top_logprobs: request.logprobs.map_or(0, |k| k.max(1)),
+        cancel: Some(Arc::clone(&cancel)),
+    };
+    let job = Job {
+        prepared,
+        images,
+        options,
+        cancel,
+    };
+    let mut events = state.engine.submit(job).await?;
+
+    // Failures before the first text (an undecodable image) get their own status, even when
+    // streaming.
+    let first = next_event(&mut events).await;
+    if let Event::Done(Err(error)) = first {
+        return Err(error);
+    }
+    state
+        .engine
+        .metrics
+        .time_to_first_token(started.elapsed().as_secs_f64());
+    let reply = Reply::new(state, request);
+    if reply.request.stream {
+        return Ok(reply.stream(first, events, guard));
+    }
+    let mut event = first;
+    loop {
+        match event {
+            Event::Text(_) => event = next_event(&mut events).await,
+            Event::Done(result) => return Ok(Json(reply.completion(&result?)).into_response()),
+        }
+    }
+}
+
+/// The worker always ends with `Done`; a missing one means it panicked.
+async fn next_event(events: &mut UnboundedReceiver<Event>) -> Event {
+    events.recv().await.unwrap_or_else(|| {
+        Event::Done(Err(ApiError::internal(
+            "the generation stopped unexpectedly",
+        )))
+    })
+}
+
+/// What the response objects share.
+struct Reply {
+    request: ChatRequest,
+    id: String,
+    created: u64,
+    model: String,
+    engine: Arc<Engine>,
+}
+
+impl Reply {
+    fn new(state: &AppState, request: ChatRequest) -> Self {
+        Self {
+            id: format!("chatcmpl-{:032x}", rand::random::<u128>()),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            model: state.model_names[0].clone(),
+            engine: Arc::clone(&state.engine),
+            request,
+        }
+    }
+
+    fn logprobs(&self, generation: &Generation) -> Value {
+        match self.request.logprobs {
+            Some(k) => openai::logprobs(
+                &self.engine.model,
+                generation,
+                k,
+                0..generation.tokens.len(),
+            ),
+            None => Value::Null,
+        }
+    }
+
+    fn completion(&self, generation: &Generation) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": generation.text, "refusal": null},
+                "logprobs": self.logprobs(generation),
+                "finish_reason": generation.finish_reason.as_str(),
+            }],
+            "usage": openai::usage(generation),
+        })
+    }
+
+    fn chunk(&self, delta: Value, logprobs: Value, finish_reason: Option<&str>) -> SseEvent {
+        self.event(json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{
+                "index": 0,
+                "delta": delta,
+                "logprobs": logprobs,
+                "finish_reason": finish_reason,
+            }],
+        }))
+    }
+
+    fn event(&self, object: Value) -> SseEvent {
+        SseEvent::default().data(object.to_string())
+    }
+
+    /// The SSE events for one worker event.
+    fn events(&self, event: Event, out: &mut VecDeque<SseEvent>) {
+        match event {
+            Event::Text(text) => {
+                out.push_back(self.chunk(json!({"content": text}), Value::Null, None))
+            }
+            Event::Done(Ok(generation)) => {
+                // Log-probabilities come with the last chunk: streamed pieces are not tokens.
+                out.push_back(self.chunk(
+                    json!({}),
+                    self.logprobs(&generation),
+                    Some(generation.finish_reason.as_str()),
+                ));
+                if self.request.include_usage {
+                    out.push_back(self.event(json!({
+                        "id": self.id,
+                        "object": "chat.completion.chunk",
+                        "created": self.created,
+                        "model": self.model,
+                        "choices": [],
+                        "usage": openai::usage(&generation),
+                    })));
+                }
+                out.push_back(SseEvent::default().data("[DONE]"));
+            }
+            Event::Done(Err(error)) => out.push_back(self.event(error.body())),
+        }
+    }
+
+    fn stream(
+        self,
+        first: Event,
+        events: UnboundedReceiver<Event>,
+        guard: CancelOnDrop,
+    ) -> Response {
+        let mut pending = VecDeque::new();
+        pending.push_back(self.chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+            None,
+        ));
+        let finished = matches!(first, Event::Done(_));
+        self.events(first, &mut pending);
+        let state = StreamState {
+            reply: self,
+            events,
+            pending,
+            finished,
+            _guard: guard,
+        };
+        let body = stream::unfold(state, |mut s| async move {
+            loop {
+                if let Some(event) = s.pending.pop_front() {
+                    return Some((Ok::<_, Infallible>(event), s));
+                }
+                if s.finished {
+                    return None;
+                }
+                let event = next_event(&mut s.events).await;
+                s.finished = matches!(event, Event::Done(_));
+                s.reply.events(event, &mut s.pending);
+            }
+        });
+        Sse::new(body).into_response()
+    }
+}
+
+struct StreamState {
+    reply: Reply,
+    events: UnboundedReceiver<Event>,
+    pending: VecDeque<SseEvent>,
+    finished: bool,
+    _guard: CancelOnDrop,
+}

@@ -1,0 +1,319 @@
+//! Quantization on the tiny fixture models, whose widths (8-12) are never whole GGML blocks, so
+//! the zero-padding path runs everywhere: a GGUF file from `imp quantize` gives exactly the model
+//! that quantizing at load gives, q8_0 stays with the f32 reference, and bad input fails clearly.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use imp::checkpoint::gguf;
+use imp::quant::report::{quality_report, ReportInput};
+use imp::quant::{self, Part, Quantization};
+use imp::{generate, Generation, GenerationOptions, ImpModel, LoadOptions, Prompt};
+use serde::Deserialize;
+
+const MODELS: [&str; 6] = [
+    "imp-v1-3b",
+    "imp-v1-3b-msft",
+    "imp-v1.5-3b-phi2",
+    "imp-v1.5-3b-196",
+    "imp-v1.5-2b-qwen1.5",
+    "imp-v1.5-4b-phi3",
+];
+
+const FORMATS: [&str; 7] = ["f32", "f16", "bf16", "q8_0", "q6_k", "q4_k", "q4_0"];
+
+#[derive(Deserialize)]
+struct Expected {
+    image: String,
+    question: String,
+    greedy_tokens: Vec<u32>,
+    top_logprobs: Vec<Vec<(u32, f32)>>,
+}
+
+fn model_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+fn expected(name: &str) -> Expected {
+    let text = std::fs::read_to_string(model_dir(name).join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn load(path: &Path, quantization: Quantization) -> ImpModel {
+    let options = LoadOptions {
+        quantization,
+        ..Default::default()
+    };
+    ImpModel::load(path, &options).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn load_err(path: &Path, quantization: Quantization) -> String {
+    let options = LoadOptions {
+        quantization,
+        ..Default::default()
+    };
+    match ImpModel::load(path, &options) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The fixture's question answered greedily, with the top-5 log-probabilities of each step.
+fn answer(model: &ImpModel, name: &str) -> Generation {
+    let e = expected(name);
+    let image = imp::preprocess::load_rgb(&model_dir(name).join(&e.image)).unwrap();
+    let options = GenerationOptions {
+        max_new_tokens: e.greedy_tokens.len(),
+        top_logprobs: 5,
+        ..Default::default()
+    };
+    generate(
+        model,
+        &Prompt::Question(e.question),
+        &[image],
+        &options,
+        &mut |_| {},
+    )
+    .unwrap()
+}
+
+fn write_gguf(name: &str, plan: &Quantization, out: &Path) {
+    gguf::write(&model_dir(name), plan, out, &mut |_, _, _| {})
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+}
+
+/// Quantizing at load and loading the GGUF file give bit-identical answers and weight reports.
+fn round_trip(plan: Quantization) {
+    let dir = tempfile::tempdir().unwrap();
+    for name in MODELS {
+        let in_situ = load(&model_dir(name), plan);
+        let file = dir.path().join(format!("{name}.gguf"));
+        write_gguf(name, &plan, &file);
+        let from_file = load(&file, Quantization::default());
+        let (a, b) = (answer(&in_situ, name), answer(&from_file, name));
+        assert_eq!(a.tokens, b.tokens, "{name} {plan}: tokens");
+        assert_eq!(a.top_logprobs, b.top_logprobs, "{name} {plan}: logprobs");
+        assert_eq!(a.text, b.text, "{name} {plan}: text");
+        assert_eq!(
+            in_situ.info().weights,
+            from_file.info().weights,
+            "{name} {plan}: weight groups"
+        );
+        assert_eq!(in_situ.stop_token_ids(), from_file.stop_token_ids());
+        assert_eq!(in_situ.image_tokens(), from_file.image_tokens());
+    }
+}
+
+#[test]
+fn every_format_round_trips_through_a_gguf_file() {
+    for format in FORMATS {
+        round_trip(Quantization::all(quant::parse_format(format).unwrap()));
+    }
+}
+
+#[test]
+fn mixed_plan_round_trips_and_reports_every_matrix() {
+    let plan = Quantization::from_names(None, Some("q4_k"), Some("q8_0"), Some("f16")).unwrap();
+    round_trip(plan);
+    for name in MODELS {
+        let model = load(&model_dir(name), plan);
+        let groups = &model.info().weights;
+        for part in Part::ALL {
+            let format = plan.format(part).unwrap();
+            let matrices: Vec<_> = groups
+                .iter()
+                .filter(|g| g.part == part && g.width > 0)
+                .collect();
+            assert!(!matrices.is_empty(), "{name}: no {part} matrices");
+            for group in matrices {
+                assert_eq!(
+                    group.format,
+                    quant::format_name(format),
+                    "{name}: {group:?}"
+                );
+                assert_eq!(group.stored_width % format.block_size(), 0, "{group:?}");
+                assert!(group.stored_width - group.width < format.block_size());
+            }
+        }
+        // Every parameter is accounted for, matrices and the rest.
+        let info = model.info();
+        let stored: usize = groups.iter().map(|g| g.values).sum();
+        assert_eq!(
+            stored,
+            info.parameters_vision + info.parameters_projector + info.parameters_llm,
+            "{name}"
+        );
+    }
+}
+
+/// Largest log-probability margin (nats) by which the f32 reference may prefer its token to
+/// the one q8_0 picks: the tiny random models have near-ties that q8_0's rounding can flip.
+const NEAR_TIE: f32 = 0.1;
+
+#[test]
+fn q8_0_follows_the_f32_reference() {
+    let plan = Quantization::all(GgmlDType::Q8_0);
+    let (mut matched, mut steps) = (0, 0);
+    for name in MODELS {
+        let tokens = answer(&load(&model_dir(name), plan), name).tokens;
+        let e = expected(name);
+        let same = tokens
+            .iter()
+            .zip(&e.greedy_tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        eprintln!(
+            "{name}: q8_0 matches the f32 reference for {same} of {} greedy tokens",
+            e.greedy_tokens.len()
+        );
+        (matched, steps) = (matched + same, steps + e.greedy_tokens.len());
+        // Past the first difference the two answers are different texts.
+        if let (Some(&ours), Some(top)) = (tokens.get(same), e.top_logprobs.get(same)) {
+            let best = top[0].1;
+            let margin = top
+                .iter()
+                .find(|(id, _)| *id == ours)
+                .map(|(_, lp)| best - lp);
+            assert!(
+                margin.is_some_and(|m| m < NEAR_TIE),
+                "{name}: step {same} picks {ours}, not a near-tie of the reference's {top:?}"
+            );
+        }
+    }
+    eprintln!("q8_0: {matched} of {steps} greedy steps identical to the f32 reference");
+}
+
+#[test]
+fn quality_report_is_zero_for_f32_and_positive_for_q4_0() {
+    let name = "imp-v1.5-4b-phi3";
+    let e = expected(name);
+    let input = ReportInput {
+        images: vec![imp::preprocess::load_rgb(&model_dir(name).join(&e.image)).unwrap()],
+        questions: vec![e.question, "Describe the colours.".into()],
+        max_new_tokens: 6,
+    };
+    let report = |format| {
+        quality_report(
+            &model_dir(name),
+            Quantization::all(format),
+            &LoadOptions::default(),
+            &input,
+            &mut |_, _| {},
+        )
+        .unwrap()
+    };
+    let exact = report(GgmlDType::F32);
+    assert_eq!(exact.samples, 2);
+    assert_eq!(exact.variants.len(), 3);
+    for v in &exact.variants {
+        assert_eq!(
+            (v.mean_kl, v.p99_kl, v.top1_agreement),
+            (0.0, 0.0, 1.0),
+            "{v:?}"
+        );
+    }
+    let q4 = report(GgmlDType::Q4_0);
+    assert_eq!(q4.positions, exact.positions);
+    for v in &q4.variants {
+        assert!(v.mean_kl > 0.0 && v.p99_kl >= v.mean_kl, "{v:?}");
+        assert!((0.0..=1.0).contains(&v.top1_agreement), "{v:?}");
+    }
+}
+
+#[test]
+fn unknown_format_names_the_valid_ones() {
+    let err = Quantization::from_names(None, Some("q3_x"), None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("q3_x"), "{err}");
+    for format in FORMATS {
+        assert!(err.contains(format), "`{err}` should list {format}");
+    }
+}
+
+#[test]
+fn gguf_from_another_program_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("llama.gguf");
+    let weight = QTensor::quantize(
+        &Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        GgmlDType::Q8_0,
+    )
+    .unwrap();
+    let architecture = Value::String("llama".into());
+    let mut file = std::fs::File::create(&path).unwrap();
+    gguf_file::write(
+        &mut file,
+        &[("general.architecture", &architecture)],
+        &[("token_embd.weight", &weight)],
+    )
+    .unwrap();
+    let err = load_err(&path, Quantization::default());
+    for part in ["llama.gguf", "another program", "`llama`", "imp quantize"] {
+        assert!(err.contains(part), "`{err}` should mention {part}");
+    }
+}
+
+#[test]
+fn truncated_or_foreign_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("model.gguf");
+    write_gguf("imp-v1.5-3b-196", &Quantization::all(GgmlDType::Q4K), &file);
+    let bytes = std::fs::read(&file).unwrap();
+
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let err = load_err(&cut, Quantization::default());
+    assert!(
+        err.contains("cut.gguf") && err.contains("truncated"),
+        "{err}"
+    );
+
+    std::fs::write(&cut, &bytes[..40]).unwrap();
+    let err = load_err(&cut, Quantization::default());
+    assert!(err.contains("truncated or of another format"), "{err}");
+
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not a model").unwrap();
+    let err = load_err(&text, Quantization::default());
+    assert!(err.contains("not a readable GGUF file"), "{err}");
+}
+
+#[test]
+fn a_gguf_file_is_used_as_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("model.gguf");
+    write_gguf("imp-v1-3b", &Quantization::all(GgmlDType::Q8_0), &file);
+    let err = load_err(&file, Quantization::all(GgmlDType::Q4_0));
+    assert!(err.contains("already quantized"), "{err}");
+
+    let again = dir.path().join("again.gguf");
+    let err = gguf::write(
+        &file,
+        &Quantization::all(GgmlDType::Q4_0),
+        &again,
+        &mut |_, _, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("already a GGUF file"), "{err}");
+}
+
+#[test]
+fn a_gguf_file_needs_a_format_for_every_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Quantization::from_names(None, Some("q4_k"), None, None).unwrap();
+    let err = gguf::write(
+        &model_dir("imp-v1-3b"),
+        &plan,
+        &dir.path().join("x.gguf"),
+        &mut |_, _, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("vision") && err.contains("--quant"), "{err}");
+}
