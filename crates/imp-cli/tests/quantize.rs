@@ -53,7 +53,9 @@ fn quantized_file_answers_like_quantizing_at_load() {
         "3",
         "--json",
     ];
-    let in_situ = json(&imp(&[&["run", "--model", model], &plan[..], &ask[..]].concat()));
+    let in_situ = json(&imp(
+        &[&["run", "--model", model], &plan[..], &ask[..]].concat()
+    ));
     let from_file = json(&imp(&[&["run", "--model", file], &ask[..]].concat()));
     for key in ["text", "tokens", "top_logprobs"] {
         assert_eq!(in_situ[key], from_file[key], "{key}");
@@ -62,7 +64,11 @@ fn quantized_file_answers_like_quantizing_at_load() {
     let info = json(&imp(&["info", "--model", file, "--json"]));
     let weights = info["weights"].as_array().unwrap();
     for group in weights.iter().filter(|g| g["width"] != 0) {
-        let expected = if group["part"] == "llm" { "q8_0" } else { "q4_k" };
+        let expected = if group["part"] == "llm" {
+            "q8_0"
+        } else {
+            "q4_k"
+        };
         assert_eq!(group["format"], expected, "{group}");
     }
 }

@@ -279,12 +279,11 @@ impl ImageCache {
             return Ok(rows);
         }
         metrics.image_cache_misses.fetch_add(1, Ordering::Relaxed);
-        let rgb = imp::preprocess::decode_rgb(&image.bytes, &image.param).map_err(|e| {
-            ApiError {
+        let rgb =
+            imp::preprocess::decode_rgb(&image.bytes, &image.param).map_err(|e| ApiError {
                 param: Some(image.param.clone()),
                 ..e.into()
-            }
-        })?;
+            })?;
         let rows = model.embed_image(&rgb)?;
         self.store(&image.id, &rows);
         self.lock().put(image.id, rows.clone());
