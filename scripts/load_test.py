@@ -43,6 +43,8 @@ def parse_args():
     parser.add_argument("--max-requests", type=int, default=200_000)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--server-log", default="/tmp/imp-load-test-server.log",
+                        help="where the server's stderr goes")
     return parser.parse_args()
 
 
@@ -122,7 +124,15 @@ async def main():
     if not match:
         server.kill()
         sys.exit(f"imp serve did not start: {line}")
-    threading.Thread(target=server.stderr.read, daemon=True).start()
+    log = open(args.server_log, "w")
+    log.write(line)
+
+    def copy_log():
+        for rest in server.stderr:
+            log.write(rest)
+            log.flush()
+
+    threading.Thread(target=copy_log, daemon=True).start()
     base = match.group(1)
     client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=120)
     model = (await client.models.list()).data[0].id
@@ -158,6 +168,9 @@ async def main():
     for line in metrics.splitlines():
         if re.match(r"imp_(image_cache|kv_cache_(hits|misses)|requests_total|requests_cancelled)", line):
             print(f"  {line}")
+    step = max(1, len(samples) // 12)
+    print("server RSS over time (s: MiB): " + ", ".join(
+        f"{t - start:.0f}: {rss / mib:.0f}" for t, rss in samples[::step]))
     for error in stats.errors[:5]:
         print(f"  error: {error}")
     # Flat: no more than 10 % (and 16 MiB) above the level reached after the warm-up.

@@ -140,7 +140,7 @@ impl Engine {
             &job.options,
             on_text,
         );
-        self.pool().put(session);
+        self.pool().put(session, job.prepared.len());
         let generation = result?;
         let m = &self.metrics;
         let counter = if continued {
@@ -176,39 +176,50 @@ impl Drop for Decrement<'_> {
 
 /// Idle conversation caches, least recently used evicted first.
 struct SessionPool {
-    idle: Vec<(u64, Session)>,
+    idle: Vec<Idle>,
     capacity: usize,
     clock: u64,
 }
 
+struct Idle {
+    last_used: u64,
+    /// Length of the prompt it last answered: a next turn of that conversation extends it.
+    prompt_len: usize,
+    session: Session,
+}
+
 impl SessionPool {
-    /// The idle session that `positions` continues (it shares at least half of what the session
-    /// holds: the same conversation, or the same image), else a fresh one, recycling the least
-    /// recently used when the pool is full. The flag tells whether a conversation continued.
+    /// The idle session whose last prompt `positions` extends (the previous turns of this
+    /// conversation; its answer may be re-tokenized differently, which only shortens the reuse),
+    /// else a fresh one, recycling the least recently used when the pool is full. The flag tells
+    /// whether a conversation continued.
     fn take(&mut self, model: &ImpModel, positions: &[Position]) -> (Session, bool) {
-        let best = self
+        let continued = self
             .idle
             .iter()
             .enumerate()
-            .map(|(i, (_, session))| (session.common_prefix(positions), i))
-            .max();
-        if let Some((common, i)) = best {
-            if common > 0 && 2 * common >= self.idle[i].1.positions().len() {
-                return (self.idle.swap_remove(i).1, true);
-            }
+            .filter(|(_, idle)| idle.session.common_prefix(positions) >= idle.prompt_len)
+            .max_by_key(|(_, idle)| idle.prompt_len)
+            .map(|(i, _)| i);
+        if let Some(i) = continued {
+            return (self.idle.swap_remove(i).session, true);
         }
         if self.idle.len() < self.capacity {
             return (model.new_session(), false);
         }
         match self.least_recently_used() {
-            Some(i) => (self.idle.swap_remove(i).1, false),
+            Some(i) => (self.idle.swap_remove(i).session, false),
             None => (model.new_session(), false),
         }
     }
 
-    fn put(&mut self, session: Session) {
+    fn put(&mut self, session: Session, prompt_len: usize) {
         self.clock += 1;
-        self.idle.push((self.clock, session));
+        self.idle.push(Idle {
+            last_used: self.clock,
+            prompt_len,
+            session,
+        });
         while self.idle.len() > self.capacity {
             if let Some(i) = self.least_recently_used() {
                 self.idle.swap_remove(i);
@@ -217,6 +228,6 @@ impl SessionPool {
     }
 
     fn least_recently_used(&self) -> Option<usize> {
-        (0..self.idle.len()).min_by_key(|&i| self.idle[i].0)
+        (0..self.idle.len()).min_by_key(|&i| self.idle[i].last_used)
     }
 }

@@ -351,6 +351,12 @@ impl<'a> TextStream<'a> {
     }
 
     fn emit_up_to(&mut self, end: usize, on_text: &mut dyn FnMut(&str)) {
+        // Decoding is not always prefix-stable (byte-fallback tokens can turn into different
+        // replacement characters): what was sent cannot be taken back, so carry on from the
+        // character boundary at or before it.
+        while !self.text.is_char_boundary(self.emitted) {
+            self.emitted -= 1;
+        }
         if end > self.emitted && self.text.is_char_boundary(end) {
             on_text(&self.text[self.emitted..end]);
             self.emitted = end;
@@ -401,6 +407,13 @@ mod tests {
         assert!(!stopped);
         assert_eq!(text, "A Ex");
         assert_eq!(pieces.concat(), "A Ex");
+    }
+
+    #[test]
+    fn survives_decodes_that_rewrite_sent_text() {
+        let (pieces, _, text) = run(&[], &["xé", "x\u{FFFD}\u{FFFD}", "x\u{FFFD}\u{FFFD}yz"]);
+        assert_eq!(text, "x\u{FFFD}\u{FFFD}yz");
+        assert_eq!(pieces, vec!["xé", "\u{FFFD}\u{FFFD}yz"]);
     }
 
     #[test]

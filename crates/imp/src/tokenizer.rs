@@ -158,7 +158,9 @@ impl ImpTokenizer {
             .map(|t| AddedToken::from(*t, true))
             .collect();
         if !missing.is_empty() {
-            self.inner.add_special_tokens(&missing);
+            self.inner
+                .add_special_tokens(missing)
+                .map_err(|e| Error::Tokenizer(format!("cannot add special tokens: {e}")))?;
         }
         tokens
             .iter()
@@ -341,7 +343,9 @@ fn add_declared_tokens(
             tokens.push(AddedToken::from(name, true));
         }
     }
-    inner.add_tokens(&tokens);
+    inner
+        .add_tokens(tokens)
+        .map_err(|e| Error::Tokenizer(format!("cannot add the declared tokens: {e}")))?;
 
     for (id, token) in &declared {
         let actual = inner.token_to_id(&token.content);
@@ -400,6 +404,7 @@ fn byte_level_bpe(dir: &Path, config: &TokenizerConfig) -> Result<Tokenizer> {
         let byte_level = ByteLevel::new(add_prefix_space, true, false);
         tokenizer
             .with_normalizer(Some(NFC))
+            .map_err(|e| Error::Tokenizer(format!("Qwen2 normaliser: {e}")))?
             .with_pre_tokenizer(Some(PreTokenizerSequence::new(vec![
                 split.into(),
                 byte_level.into(),
@@ -545,6 +550,7 @@ impl SentencePieceModel {
         let mut tokenizer = Tokenizer::new(bpe);
         tokenizer
             .with_normalizer(Some(NormalizerSequence::new(normalizers)))
+            .map_err(|e| format!("SentencePiece normaliser: {e}"))?
             .with_decoder(Some(DecoderSequence::new(decoders)));
         Ok(tokenizer)
     }

@@ -128,7 +128,6 @@ impl GgufFile {
         }
 
         let mut tensors = HashMap::new();
-        let mut needed = 0;
         for (name, info) in content.tensor_infos {
             let format = info.ggml_dtype;
             let elements = info.shape.elem_count();
@@ -138,9 +137,16 @@ impl GgufFile {
                     quant::format_name(format)
                 )));
             }
-            let start = (content.tensor_data_offset + info.offset) as usize;
-            let range = start..start + elements / format.block_size() * format.type_size();
-            needed = needed.max(range.end);
+            let start = content.tensor_data_offset.saturating_add(info.offset);
+            let end =
+                start.saturating_add((elements / format.block_size() * format.type_size()) as u64);
+            if end > mmap.len() as u64 {
+                return Err(bad(format!(
+                    "is truncated: tensor `{name}` ends at byte {end} but the file has {} bytes",
+                    mmap.len()
+                )));
+            }
+            let range = start as usize..end as usize;
             let stored_shape = info.shape.dims().to_vec();
             let mut shape = stored_shape.clone();
             if let (Some(&width), Some(last)) = (padded.get(&name), shape.last_mut()) {
@@ -155,12 +161,6 @@ impl GgufFile {
                     range,
                 },
             );
-        }
-        if needed > mmap.len() {
-            return Err(bad(format!(
-                "is truncated: its tensors need {needed} bytes but the file has {}",
-                mmap.len()
-            )));
         }
         let mut quantization = Quantization::default();
         for part in Part::ALL {
@@ -302,15 +302,16 @@ impl GgufFile {
             .map(|name| self.stored(name))
             .collect::<Result<Vec<_>>>()?;
         let first = parts[0];
-        let rows: usize = parts.iter().map(|p| p.shape[0]).sum();
-        let stacked = parts.iter().all(|p| {
+        let matrices = parts.iter().all(|p| {
             p.format == first.format
                 && p.shape.len() == 2
-                && p.shape[1..] == first.shape[1..]
-                && p.stored_shape[1..] == first.stored_shape[1..]
+                && p.stored_shape.len() == 2
+                && p.shape[1] == first.shape[1]
+                && p.stored_shape[1] == first.stored_shape[1]
         });
-        let stored_width = first.stored_shape[first.stored_shape.len() - 1];
-        if !stacked
+        let rows: usize = parts.iter().map(|p| p.shape[0]).sum();
+        let stored_width = first.stored_shape[1];
+        if !matrices
             || [rows, first.shape[1]] != [out, width]
             || stored_width != quant::padded_width(width, first.format)
         {
@@ -468,17 +469,31 @@ pub fn write(
     // Written beside the target and renamed, so that a failed run never leaves a file that
     // looks complete.
     let partial = out.with_extension("gguf.partial");
-    let file = File::create(&partial).map_err(|e| Error::io(&partial, e))?;
-    let mut writer = BufWriter::new(file);
     let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
-    gguf_file::write(&mut writer, &metadata, &tensors)?;
-    let file = writer
-        .into_inner()
-        .map_err(|e| Error::io(&partial, e.into_error()))?;
-    file.sync_all().map_err(|e| Error::io(&partial, e))?;
-    let size = file.metadata().map_err(|e| Error::io(&partial, e))?.len();
+    let size = write_file(&partial, &metadata, &tensors).inspect_err(|_| {
+        let _ = std::fs::remove_file(&partial);
+    })?;
     std::fs::rename(&partial, out).map_err(|e| Error::io(out, e))?;
     on_progress(total, total, "done");
     Ok(size)
+}
+
+/// Writes and syncs one GGUF file, returning its size.
+fn write_file(
+    path: &Path,
+    metadata: &[(&str, &Value)],
+    tensors: &[(&str, &QTensor)],
+) -> Result<u64> {
+    let file = File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut writer = BufWriter::new(file);
+    gguf_file::write(&mut writer, metadata, tensors).map_err(|e| Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: format!("cannot write the GGUF file ({e})"),
+    })?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?;
+    file.sync_all().map_err(|e| Error::io(path, e))?;
+    Ok(file.metadata().map_err(|e| Error::io(path, e))?.len())
 }
