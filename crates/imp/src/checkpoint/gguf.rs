@@ -92,11 +92,12 @@ impl GgufFile {
         match metadata.get(VERSION).map(Value::to_u32) {
             Some(Ok(FORMAT_VERSION)) => {}
             Some(version) => {
+                let version = version.map_or("unreadable".into(), |v| v.to_string());
                 return Err(bad(format!(
-                    "was written by an incompatible imp (format version {version:?}; this imp \
+                    "was written by an incompatible imp (format version {version}; this imp \
                      reads version {FORMAT_VERSION}); convert the Hugging Face folder again with \
                      `imp quantize`"
-                )))
+                )));
             }
             None => {
                 let architecture = metadata
@@ -110,20 +111,21 @@ impl GgufFile {
                 )));
             }
         }
-        let array = |key: &str| -> Result<Vec<Value>> {
-            match metadata.get(key) {
-                Some(Value::Array(values)) => Ok(values.clone()),
-                Some(_) => Err(bad(format!("metadata `{key}` is not an array"))),
-                None => Ok(Vec::new()),
-            }
+        let malformed = || bad(format!("metadata `{PADDED_NAMES}` is malformed"));
+        let array = |key: &str| match metadata.get(key) {
+            Some(Value::Array(values)) => Ok(&values[..]),
+            Some(_) => Err(malformed()),
+            None => Ok(&[][..]),
         };
-        let names = array(PADDED_NAMES)?;
-        let widths = array(PADDED_WIDTHS)?;
+        let (names, widths) = (array(PADDED_NAMES)?, array(PADDED_WIDTHS)?);
+        if names.len() != widths.len() {
+            return Err(malformed());
+        }
         let mut padded = HashMap::new();
-        for (name, width) in names.iter().zip(&widths) {
+        for (name, width) in names.iter().zip(widths) {
             match (name.to_string(), width.to_u32()) {
                 (Ok(name), Ok(width)) => padded.insert(name.clone(), width as usize),
-                _ => return Err(bad(format!("metadata `{PADDED_NAMES}` is malformed"))),
+                _ => return Err(malformed()),
             };
         }
 
@@ -302,6 +304,16 @@ impl GgufFile {
             .map(|name| self.stored(name))
             .collect::<Result<Vec<_>>>()?;
         let first = parts[0];
+        let mismatch = || {
+            Error::tensor(
+                source.to_string(),
+                format!(
+                    "is stored as {} {:?}, expected [{out}, {width}]",
+                    quant::format_name(first.format),
+                    first.stored_shape
+                ),
+            )
+        };
         let matrices = parts.iter().all(|p| {
             p.format == first.format
                 && p.shape.len() == 2
@@ -309,29 +321,24 @@ impl GgufFile {
                 && p.shape[1] == first.shape[1]
                 && p.stored_shape[1] == first.stored_shape[1]
         });
+        if !matrices {
+            return Err(mismatch());
+        }
         let rows: usize = parts.iter().map(|p| p.shape[0]).sum();
         let stored_width = first.stored_shape[1];
-        if !matrices
-            || [rows, first.shape[1]] != [out, width]
+        if [rows, first.shape[1]] != [out, width]
             || stored_width != quant::padded_width(width, first.format)
         {
-            return Err(Error::tensor(
-                source.to_string(),
-                format!(
-                    "is stored as {} {:?}, expected [{out}, {width}]",
-                    quant::format_name(first.format),
-                    first.stored_shape
-                ),
-            ));
+            return Err(mismatch());
         }
         let bytes: Cow<[u8]> = match &parts[..] {
             [one] => Cow::Borrowed(&self.mmap[one.range.clone()]),
             _ => Cow::Owned(
                 parts
                     .iter()
-                    .flat_map(|p| &self.mmap[p.range.clone()])
-                    .copied()
-                    .collect(),
+                    .map(|p| &self.mmap[p.range.clone()])
+                    .collect::<Vec<_>>()
+                    .concat(),
             ),
         };
         let matrix = match quant::float_dtype(first.format) {
