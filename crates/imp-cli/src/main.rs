@@ -1,5 +1,6 @@
 //! `imp`: answer questions about images with Imp models, on the CPU.
 
+mod bench;
 mod eval;
 mod quantize;
 
@@ -41,6 +42,8 @@ enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Measure how far a quantization plan moves the predictions from the f32 model's.
     QuantReport(quantize::ReportArgs),
+    /// Measure the speed of every stage of an image question, and the memory bandwidth.
+    Bench(bench::BenchArgs),
     /// Run the paper's benchmarks, score them by their official rules, compare runs.
     Eval {
         #[command(subcommand)]
@@ -72,6 +75,13 @@ struct ModelArgs {
     /// `imp quantize`.
     #[arg(long)]
     model: String,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+/// How a model is loaded: compute dtype, visual-token budget, weight formats.
+#[derive(clap::Args)]
+struct LoadArgs {
     /// Compute dtype.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: Dtype,
@@ -162,6 +172,7 @@ fn main() -> ExitCode {
         Command::Quantize(args) => quantize::quantize(args),
         Command::QuantReport(args) => quantize::report(args),
         Command::Eval { command } => eval::run(command),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -172,7 +183,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_options(args: &ModelArgs) -> Result<LoadOptions> {
+fn load_options(args: &LoadArgs) -> Result<LoadOptions> {
     Ok(LoadOptions {
         dtype: args.dtype.into(),
         image_size: args.image_size,
@@ -183,7 +194,7 @@ fn load_options(args: &ModelArgs) -> Result<LoadOptions> {
 }
 
 fn load(args: &ModelArgs) -> Result<ImpModel> {
-    let options = load_options(args)?;
+    let options = load_options(&args.load)?;
     let dir = resolve_model(&args.model, &HubOptions::default())?;
     ImpModel::load(&dir, &options).with_context(|| format!("loading {}", dir.display()))
 }
@@ -247,6 +258,7 @@ fn run(args: RunArgs) -> Result<()> {
             "vision_s": t.vision.as_secs_f64(),
             "projector_s": t.projector.as_secs_f64(),
             "prefill_s": t.prefill.as_secs_f64(),
+            "ttft_s": t.time_to_first_token().as_secs_f64(),
             "decode_s": t.decode.as_secs_f64(),
             "decode_tokens_per_s": t.decode_tokens_per_second(),
             "image_size": model.config().vision.image_size,
@@ -345,11 +357,7 @@ fn synth(args: SynthArgs) -> Result<()> {
     let preset = Preset::from_name(&args.preset)?;
     let tokenizer = match args.tokenizer {
         Some(dir) => dir,
-        None => bundled_model(match preset.family() {
-            imp::llm::Family::Phi2 => "imp-v1.5-3b-phi2",
-            imp::llm::Family::Qwen2 => "imp-v1.5-2b-qwen1.5",
-            imp::llm::Family::Phi3 => "imp-v1.5-4b-phi3",
-        })?,
+        None => bundled_tokenizer(preset)?,
     };
     let start = Instant::now();
     let bytes = synthetic::write_checkpoint(preset, &args.out, &tokenizer, args.seed)?;
@@ -363,7 +371,16 @@ fn synth(args: SynthArgs) -> Result<()> {
     Ok(())
 }
 
-/// The tiny fixture models live in the source tree; `synth` borrows their tokenizers.
+/// The bundled tiny model of `preset`'s family, whose tokenizer synthetic models borrow.
+fn bundled_tokenizer(preset: Preset) -> Result<PathBuf> {
+    bundled_model(match preset.family() {
+        imp::llm::Family::Phi2 => "imp-v1.5-3b-phi2",
+        imp::llm::Family::Qwen2 => "imp-v1.5-2b-qwen1.5",
+        imp::llm::Family::Phi3 => "imp-v1.5-4b-phi3",
+    })
+}
+
+/// The tiny fixture models live in the source tree.
 fn bundled_model(name: &str) -> Result<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../imp/tests/fixtures/models")

@@ -109,8 +109,8 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
 }
 
 pub fn report(args: ReportArgs) -> Result<()> {
-    let plan = args.model.quant.plan()?;
-    let options = crate::load_options(&args.model)?;
+    let plan = args.model.load.quant.plan()?;
+    let options = crate::load_options(&args.model.load)?;
     let dir = resolve_model(&args.model.model, &HubOptions::default())?;
     let images = if args.image.is_empty() {
         bundled_images()?

@@ -254,3 +254,72 @@ fn invalid_sampling_parameters() {
     ]);
     assert_fails_with(&out, &["top_p"]);
 }
+
+#[test]
+fn bench_measures_every_stage() {
+    let dir = model("imp-v1.5-3b-phi2");
+    let dir = dir.to_str().unwrap();
+    let out = imp(&[
+        "bench",
+        "--model",
+        dir,
+        "--quant",
+        "q8_0",
+        "--threads",
+        "2",
+        "--prompt-tokens",
+        "60",
+        "--gen-tokens",
+        "3",
+        "--repeat",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "load_s",
+        "preprocess_s",
+        "vision_s",
+        "projector_s",
+        "prefill_s",
+        "ttft_s",
+        "decode_tok_s",
+        "short_context_decode_tok_s",
+        "bandwidth_gb_s",
+    ] {
+        let value = report[key].as_f64().unwrap_or(f64::NAN);
+        assert!(value > 0.0 && value.is_finite(), "{key} = {value}");
+    }
+    assert_eq!(report["threads"], 2);
+    assert_eq!(report["quant"], "q8_0");
+    // The prompt's text (the marker included) is 60 tokens; the marker becomes the image rows.
+    let image_tokens = report["image_tokens"].as_u64().unwrap();
+    assert_eq!(image_tokens, 16);
+    assert_eq!(
+        report["prefill_tokens"].as_u64().unwrap(),
+        60 - 1 + image_tokens
+    );
+
+    let info = imp(&["info", "--model", dir, "--quant", "q8_0", "--json"]);
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    let decode_bytes: u64 = info["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["part"] == "llm" && g["width"] != 0 && g["name"] != "model.embed_tokens")
+        .map(|g| g["bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        report["weight_bytes_per_token"].as_u64(),
+        Some(decode_bytes)
+    );
+}
+
+#[test]
+fn bench_rejects_bad_arguments() {
+    let out = imp(&["bench", "--synthetic", "imp-v9", "--json"]);
+    assert_fails_with(&out, &["unknown preset `imp-v9`", "imp-v1.5-3b"]);
+    let out = imp(&["bench", "--synthetic", "imp-v1.5-2b", "--threads", "0"]);
+    assert_fails_with(&out, &["--threads"]);
+}

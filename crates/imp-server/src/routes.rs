@@ -207,6 +207,7 @@ async fn chat(
         // The token's own log-probability comes with its alternatives.
         top_logprobs: request.logprobs.map_or(0, |k| k.max(1)),
         cancel: Some(Arc::clone(&cancel)),
+        ignore_stop_tokens: false,
     };
     let job = Job {
         prepared,

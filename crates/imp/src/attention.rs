@@ -3,32 +3,73 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
+use crate::kernels::flash::{self, Visibility};
+use crate::kernels::host::fast_path;
 use crate::Result;
 
-/// Scaled dot-product attention over `[.., heads, tokens, head_dim]` with an optional additive
-/// mask. Scores and softmax run in f32 whatever the compute dtype, as the references do (Phi-2
-/// even computes QK^T in f32 to avoid overflow).
-pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-    let dtype = q.dtype();
+/// Scaled dot-product attention over `[.., heads, tokens, head_dim]`, query `i` seeing every key
+/// (`causal_past: None`) or, causally, the keys up to its position `past + i`. `k` and `v` may
+/// have fewer heads than `q` (grouped-query attention) and more tokens (a KV cache); any
+/// operand may be a strided view. Scores and softmax run in f32 whatever the compute dtype, as
+/// the references do (Phi-2 even computes QK^T in f32 to avoid overflow).
+///
+/// CPU inference runs the fused kernel ([`flash`]); other devices, and tensors that track
+/// gradients, take [`attend_candle`].
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, causal_past: Option<usize>) -> Result<Tensor> {
+    if fast_path(&[q, k, v]) && [q, k, v].iter().all(|t| flash::supports(t)) {
+        let scale = 1.0 / (q.dim(D::Minus1)? as f32).sqrt();
+        let visibility = match causal_past {
+            Some(past) => Visibility::Causal { past },
+            None => Visibility::All,
+        };
+        return flash::flash_attention(q, k, v, scale, visibility);
+    }
+    attend_candle(q, k, v, causal_past)
+}
+
+/// [`attend`] with candle's ops, materialising the scores: the reference the fused kernel is
+/// tested against, and the path for other devices and for training.
+pub fn attend_candle(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal_past: Option<usize>,
+) -> Result<Tensor> {
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
-    let q = q.to_dtype(DType::F32)?;
-    let k = k.to_dtype(DType::F32)?;
+    let dtype = q.dtype();
+    let groups = q.dim(D::Minus(3))? / k.dim(D::Minus(3))?;
+    let (k, v) = if groups == 1 {
+        (k.clone(), v.clone())
+    } else {
+        (repeat_kv(k, groups)?, repeat_kv(v, groups)?)
+    };
+    let q = q.to_dtype(DType::F32)?.contiguous()?;
+    let k = k.to_dtype(DType::F32)?.contiguous()?;
     let mut scores = (q.matmul(&k.t()?)? * scale)?;
-    if let Some(mask) = mask {
-        scores = scores.broadcast_add(mask)?;
+    let new = q.dim(D::Minus2)?;
+    if let (Some(past), true) = (causal_past, new > 1) {
+        scores = scores.broadcast_add(&causal_mask(past, new, k.dim(D::Minus2)?, q.device())?)?;
     }
     let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
     Ok(probs.matmul(&v.contiguous()?)?)
 }
 
-/// Additive mask `[new, past + new]` letting new token `i` see every cached token and new
-/// tokens `0..=i`.
-pub fn causal_mask(past: usize, new: usize, device: &Device) -> Result<Tensor> {
-    let total = past + new;
+/// Grouped-query attention: each key/value head `[.., kv_heads, tokens, head_dim]` serves
+/// `groups` query heads.
+fn repeat_kv(x: &Tensor, groups: usize) -> Result<Tensor> {
+    let (b, kv, t, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .expand((b, kv, groups, t, d))?
+        .reshape((b, kv * groups, t, d))?)
+}
+
+/// Additive mask `[new, keys]` letting new token `i` (at position `past + i`) see keys
+/// `0..=past + i`.
+pub fn causal_mask(past: usize, new: usize, keys: usize, device: &Device) -> Result<Tensor> {
     let mask: Vec<f32> = (0..new)
-        .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| (0..keys).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
-    Ok(Tensor::from_vec(mask, (new, total), device)?)
+    Ok(Tensor::from_vec(mask, (new, keys), device)?)
 }
 
 /// NeoX-style ("rotate half") rotary embedding on the first `rotary_dim` dims of each head; the

@@ -28,6 +28,9 @@ pub struct GenerationOptions {
     /// Checked before every token: once set (by another thread), generation ends with
     /// [`Error::Cancelled`].
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Generate exactly `max_new_tokens`, passing stop tokens (for benchmarks, like llama.cpp's
+    /// `--ignore-eos`).
+    pub ignore_stop_tokens: bool,
 }
 
 impl Default for GenerationOptions {
@@ -38,6 +41,7 @@ impl Default for GenerationOptions {
             stop_strings: Vec::new(),
             top_logprobs: 0,
             cancel: None,
+            ignore_stop_tokens: false,
         }
     }
 }
@@ -72,6 +76,11 @@ pub struct Timings {
 }
 
 impl Timings {
+    /// From the start of image preprocessing to the first generated token's logits.
+    pub fn time_to_first_token(&self) -> Duration {
+        self.preprocess + self.vision + self.projector + self.prefill
+    }
+
     pub fn decode_tokens_per_second(&self) -> f64 {
         if self.decode.is_zero() {
             0.0
@@ -265,7 +274,7 @@ pub fn generate_prepared(
             return Err(Error::Cancelled);
         }
         let token = sampler.sample(&logits, &history);
-        if model.stop_token_ids().contains(&token) {
+        if !options.ignore_stop_tokens && model.stop_token_ids().contains(&token) {
             finish_reason = FinishReason::Stop;
             break;
         }

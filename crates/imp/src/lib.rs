@@ -7,12 +7,14 @@
 //! each checkpoint style's tensor names; [`config`] turns `config.json` into typed configs.
 
 pub mod attention;
+pub mod bandwidth;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod hub;
+pub mod kernels;
 pub mod linear;
 pub mod llm;
 pub mod model;

@@ -1,21 +1,37 @@
 //! The layers that hold weight matrices: the linear layer every model part uses and the token
-//! embedding. They hide the weight format (dense f32/f16/bf16, or GGML blocks through candle's
-//! `QMatMul`), so the model definitions never change when the storage does.
+//! embedding. They hide the weight format (dense f32/f16/bf16, GGML blocks through candle's
+//! `QMatMul`, or Q4_0 and Q4_K on the CPU through our own [`kernels`](crate::kernels)), so the
+//! model definitions never change when the storage does.
 
-use candle_core::quantized::QMatMul;
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Module, Tensor, D};
 
+use crate::kernels::q4::{PackedQ4K, PackedQ4_0};
 use crate::quant::Matrix;
 use crate::Result;
 
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: QMatMul,
+    weight: Weight,
     bias: Option<Tensor>,
     in_features: usize,
     /// Input width of the stored weight: `in_features` plus a block format's zero padding.
     stored_in: usize,
     out_features: usize,
+}
+
+/// Who multiplies with the weight.
+#[derive(Debug, Clone)]
+enum Weight {
+    /// Dense weights, and the block formats we have no kernel of our own for (or not on this
+    /// device).
+    Candle(QMatMul),
+    /// Q4_0 on the CPU: candle's Q4_0 product is a slow vector-dot loop on x86.
+    Q4_0(Arc<PackedQ4_0>),
+    /// Q4_K on the CPU: ours streams fewer bytes than candle's repacked kernel.
+    Q4K(Arc<PackedQ4K>),
 }
 
 impl Linear {
@@ -32,8 +48,25 @@ impl Linear {
             Matrix::Dense(tensor) => tensor.dim(0)?,
             Matrix::Blocks(blocks) => blocks.shape().dims2()?.0,
         };
+        // The GGML bytes of a repacked matrix are dropped with `blocks`: one copy stays.
+        let weight = match matrix {
+            Matrix::Blocks(blocks) if blocks.device().is_cpu() => match blocks.dtype() {
+                GgmlDType::Q4_0 => Weight::Q4_0(Arc::new(PackedQ4_0::from_ggml(
+                    &blocks.data()?,
+                    out_features,
+                    stored_in,
+                )?)),
+                GgmlDType::Q4K => Weight::Q4K(Arc::new(PackedQ4K::from_ggml(
+                    &blocks.data()?,
+                    out_features,
+                    stored_in,
+                )?)),
+                _ => Weight::Candle(Matrix::Blocks(blocks).into_qmatmul()),
+            },
+            matrix => Weight::Candle(matrix.into_qmatmul()),
+        };
         Ok(Self {
-            weight: matrix.into_qmatmul(),
+            weight,
             bias,
             in_features,
             stored_in,
@@ -52,18 +85,36 @@ impl Linear {
     /// `x[.., in] -> [.., out]`, in the dtype of `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
-        // A dense weight stored in another dtype than the activations (`--quant f16` at f32)
-        // multiplies in its own dtype; block formats take f32, f16 and bf16 activations.
-        let x = match &self.weight {
-            QMatMul::Tensor(w) | QMatMul::TensorF16(w) => x.to_dtype(w.dtype())?,
-            QMatMul::QTensor(_) => x.contiguous()?,
-        };
-        let x = x.pad_with_zeros(D::Minus1, 0, self.stored_in - self.in_features)?;
-        let y = self.weight.forward(&x)?.to_dtype(dtype)?;
+        let padding = self.stored_in - self.in_features;
+        let y = match &self.weight {
+            // A dense weight stored in another dtype than the activations (`--quant f16` at
+            // f32) multiplies in its own dtype; block formats take f32, f16 and bf16
+            // activations.
+            Weight::Candle(weight) => {
+                let x = match weight {
+                    QMatMul::Tensor(w) | QMatMul::TensorF16(w) => x.to_dtype(w.dtype())?,
+                    QMatMul::QTensor(_) => x.contiguous()?,
+                };
+                let x = x.pad_with_zeros(D::Minus1, 0, padding)?;
+                weight.forward(&x)?
+            }
+            Weight::Q4_0(weight) => self.padded_f32(x)?.apply_op1_no_bwd(weight.as_ref())?,
+            Weight::Q4K(weight) => self.padded_f32(x)?.apply_op1_no_bwd(weight.as_ref())?,
+        }
+        .to_dtype(dtype)?;
         Ok(match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,
             None => y,
         })
+    }
+
+    /// `x` as our kernels take it: f32, zero-padded to the stored width, contiguous.
+    fn padded_f32(&self, x: &Tensor) -> Result<Tensor> {
+        let padding = self.stored_in - self.in_features;
+        let x = x
+            .to_dtype(DType::F32)?
+            .pad_with_zeros(D::Minus1, 0, padding)?;
+        Ok(x.contiguous()?)
     }
 }
 

@@ -9,8 +9,9 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 
-use crate::attention::{attend, causal_mask, Rotary};
+use crate::attention::{attend, Rotary};
 use crate::checkpoint::{NamingStyle, Weights};
+use crate::kernels::gelu::gelu;
 use crate::linear::{Embedding, Linear};
 use crate::norm::Norm;
 use crate::session::Session;
@@ -170,14 +171,9 @@ impl Decoder {
             });
         }
         session.reserve(end)?;
-        let mask = if tokens > 1 {
-            Some(causal_mask(start, tokens, self.device())?.to_dtype(DType::F32)?)
-        } else {
-            None
-        };
         let mut x = embeds.unsqueeze(0)?;
         for (index, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, index, start, mask.as_ref(), session, self)?;
+            x = layer.forward(&x, index, start, session, self)?;
         }
         session.advance(tokens);
         self.final_norm.forward(&x.squeeze(0)?)
@@ -201,12 +197,11 @@ impl DecoderLayer {
         x: &Tensor,
         index: usize,
         start: usize,
-        mask: Option<&Tensor>,
         session: &mut Session,
         decoder: &Decoder,
     ) -> Result<Tensor> {
         let normed = self.attn_norm.forward(x)?;
-        let attn = self.attention(&normed, index, start, mask, session, decoder)?;
+        let attn = self.attention(&normed, index, start, session, decoder)?;
         match &self.mlp_norm {
             None => {
                 let mlp = self.mlp(&normed, decoder.config.family)?;
@@ -225,7 +220,6 @@ impl DecoderLayer {
         x: &Tensor,
         index: usize,
         start: usize,
-        mask: Option<&Tensor>,
         session: &mut Session,
         decoder: &Decoder,
     ) -> Result<Tensor> {
@@ -243,14 +237,10 @@ impl DecoderLayer {
         let q = decoder.rotary.apply(&heads_of(0, heads)?, start)?;
         let k = decoder.rotary.apply(&heads_of(heads, kv_heads)?, start)?;
         let v = heads_of(heads + kv_heads, kv_heads)?;
+        // The cache views go in as they are: attention reads the strided rows and shares each
+        // key/value head among its query heads.
         let (k, v) = session.append(index, &k, &v)?;
-        let (k, v) = if kv_heads == heads {
-            (k, v)
-        } else {
-            let groups = heads / kv_heads;
-            (repeat_kv(&k, groups)?, repeat_kv(&v, groups)?)
-        };
-        let out = attend(&q, &k, &v, mask)?;
+        let out = attend(&q, &k, &v, Some(start))?;
         let out = out.transpose(1, 2)?.reshape((1, tokens, heads * hd))?;
         self.attn_out.forward(&out)
     }
@@ -258,7 +248,7 @@ impl DecoderLayer {
     fn mlp(&self, x: &Tensor, family: Family) -> Result<Tensor> {
         let h = self.mlp_in.forward(x)?;
         let h = match family {
-            Family::Phi2 => h.gelu()?,
+            Family::Phi2 => gelu(&h)?,
             Family::Qwen2 | Family::Phi3 => {
                 let inner = h.dim(D::Minus1)? / 2;
                 let gate = h.narrow(D::Minus1, 0, inner)?;
@@ -268,12 +258,4 @@ impl DecoderLayer {
         };
         self.mlp_out.forward(&h)
     }
-}
-
-/// Grouped-query attention: each key/value head serves `groups` query heads.
-fn repeat_kv(x: &Tensor, groups: usize) -> Result<Tensor> {
-    let (b, kv, t, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .expand((b, kv, groups, t, d))?
-        .reshape((b, kv * groups, t, d))?)
 }

@@ -12,7 +12,7 @@ use crate::config::ImpConfig;
 use crate::llm::{Decoder, Family};
 use crate::preprocess::ImagePreprocessor;
 use crate::projector::Projector;
-use crate::quant::{Quantization, WeightGroup};
+use crate::quant::{self, Part, Quantization, WeightGroup};
 use crate::session::Session;
 use crate::template::{self, IMAGE_MARKER};
 use crate::tokenizer::ImpTokenizer;
@@ -59,6 +59,8 @@ pub struct ModelInfo {
     pub storage: BTreeMap<String, usize>,
     /// How each group of weights is held in memory (formats, padding, sizes).
     pub weights: Vec<WeightGroup>,
+    /// Weight bytes read to decode one token: every language-model matrix but the embedding.
+    pub decode_weight_bytes: usize,
 }
 
 pub struct ImpModel {
@@ -79,15 +81,19 @@ impl ImpModel {
     /// Loads a Hugging Face Imp folder as published by MILVLG, or a GGUF file written by
     /// `imp quantize`.
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
-        let checkpoint = Checkpoint::open(path)?;
-        let mut config = ImpConfig::load(&checkpoint.config_files()?, &checkpoint)?;
+        Self::from_checkpoint(&Checkpoint::open(path)?, options)
+    }
+
+    /// Loads from an opened checkpoint, such as a [`crate::synthetic::SyntheticCheckpoint`].
+    pub fn from_checkpoint(checkpoint: &Checkpoint, options: &LoadOptions) -> Result<Self> {
+        let mut config = ImpConfig::load(&checkpoint.config_files()?, checkpoint)?;
         apply_token_budget(&mut config, options)?;
         let mut tokenizer = checkpoint.tokenizer()?;
         let special = SpecialTokens::add_to(&mut tokenizer, &config)?;
 
         let style = config.style;
         let weights = Weights::new(
-            &checkpoint,
+            checkpoint,
             style,
             options.dtype,
             options.device.clone(),
@@ -111,13 +117,23 @@ impl ImpModel {
         let parameters_vision = count(&style.vision_prefix());
         let parameters_projector = count(&style.projector_prefix());
         let total = count("");
+        let weights = weights.into_stored();
+        // The embedding table is read a row at a time; every other language-model matrix is
+        // read whole for each token.
+        let embedding = quant::group_label(&[style.decoder().embed_tokens.as_str()], "");
+        let decode_weight_bytes = weights
+            .iter()
+            .filter(|g| g.part == Part::Llm && g.width > 0 && g.name != embedding)
+            .map(|g| g.bytes)
+            .sum();
         let info = ModelInfo {
             variant: variant_name(&config),
             parameters_vision,
             parameters_projector,
             parameters_llm: total - parameters_vision - parameters_projector,
             storage: checkpoint.storage_dtypes(),
-            weights: weights.into_stored(),
+            weights,
+            decode_weight_bytes,
         };
         Ok(Self {
             preprocessor: ImagePreprocessor::new(config.vision.image_size, config.aspect),

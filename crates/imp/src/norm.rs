@@ -2,6 +2,7 @@
 
 use candle_core::{Module, Tensor};
 
+use crate::kernels::{self, host::fast_path};
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -19,9 +20,18 @@ impl Norm {
         Self::Rms(candle_nn::RmsNorm::new(weight, eps))
     }
 
+    /// Our fused kernels for CPU inference, candle's ops otherwise (other devices, training).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Self::Layer(norm) => norm.forward(x)?,
+            Self::Layer(norm) => match norm.bias() {
+                Some(bias) if fast_path(&[x, norm.weight(), bias]) => {
+                    kernels::norm::layer_norm(x, norm.weight(), bias, norm.eps())?
+                }
+                _ => norm.forward(x)?,
+            },
+            Self::Rms(norm) if fast_path(&[x, norm.weight()]) => {
+                kernels::norm::rms_norm(x, norm.weight(), norm.eps())?
+            }
             Self::Rms(norm) => norm.forward(x)?,
         })
     }

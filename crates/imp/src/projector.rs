@@ -4,6 +4,7 @@
 use candle_core::Tensor;
 
 use crate::checkpoint::{NamingStyle, Weights};
+use crate::kernels::gelu::gelu_erf;
 use crate::linear::Linear;
 use crate::Result;
 
@@ -31,6 +32,6 @@ impl Projector {
 
     /// `[tokens, input_size] -> [tokens, output_size]`.
     pub fn forward(&self, features: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(features)?.gelu_erf()?)
+        self.fc2.forward(&gelu_erf(&self.fc1.forward(features)?)?)
     }
 }

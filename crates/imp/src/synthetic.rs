@@ -3,17 +3,25 @@
 //!
 //! Tensor names come from [`NamingStyle`], so a synthetic folder exercises exactly the loader
 //! path of the real release. Weights are streamed to disk shard by shard; memory stays small.
+//! [`SyntheticCheckpoint`] is the same model drawn in memory as it loads, for `imp bench`.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use candle_core::quantized::{ggml_file, GgmlDType};
+use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
+use rayon::prelude::*;
 use serde_json::{json, Value};
 
 use crate::checkpoint::names::{LinearNames, NormNames};
 use crate::checkpoint::{NamingStyle, Source};
+use crate::config::ConfigFiles;
 use crate::llm::Family;
+use crate::quant::Matrix;
+use crate::tokenizer::ImpTokenizer;
 use crate::{Error, Result};
 
 /// One released model's architecture.
@@ -271,13 +279,11 @@ fn write_shard(path: &Path, specs: &[&Spec], storage: &str, rng: &mut XorShift) 
     let mut buf = Vec::new();
     for spec in specs {
         let n: usize = spec.shape.iter().product();
-        // Keeps activations tame through 32 layers of random weights.
-        let scale = 0.02f32;
         buf.clear();
         buf.reserve(2 * n);
         for _ in 0..n {
             let x = match spec.fill {
-                Fill::Random => rng.uniform() * scale,
+                Fill::Random => rng.uniform() * RANDOM_SCALE,
                 Fill::Ones => 1.0,
                 Fill::Zeros => 0.0,
             };
@@ -293,6 +299,170 @@ fn write_shard(path: &Path, specs: &[&Spec], storage: &str, rng: &mut XorShift) 
     w.flush().map_err(io)?;
     Ok(offset as u64)
 }
+
+/// A preset's checkpoint made in memory: each tensor is drawn when the loader asks for it, so
+/// a full-size model can be benchmarked without writing or reading files.
+pub struct SyntheticCheckpoint {
+    preset: Preset,
+    /// Stands in for a path in messages.
+    label: PathBuf,
+    tokenizer_dir: PathBuf,
+    seed: u64,
+    specs: HashMap<String, (Vec<usize>, Fill)>,
+}
+
+/// Rows drawn (and quantized) per block-format matrix; the rest repeat them. The kernels see
+/// the real shapes and byte counts, and quantizing a 3B model at load would take minutes.
+const BLOCK_TILE_ROWS: usize = 64;
+
+impl SyntheticCheckpoint {
+    /// `tokenizer_dir` is a folder with the family's tokenizer files (such as a bundled tiny
+    /// model of that family).
+    pub fn new(preset: Preset, tokenizer_dir: &Path, seed: u64) -> Self {
+        let specs = tensor_specs(preset)
+            .into_iter()
+            .map(|spec| (spec.name, (spec.shape, spec.fill)))
+            .collect();
+        Self {
+            preset,
+            label: PathBuf::from(format!("<synthetic {}>", preset.name())),
+            tokenizer_dir: tokenizer_dir.to_path_buf(),
+            seed: seed.max(1),
+            specs,
+        }
+    }
+
+    pub fn label(&self) -> &Path {
+        &self.label
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.specs.contains_key(name)
+    }
+
+    pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
+        self.specs.keys().map(String::as_str)
+    }
+
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        Ok(self.spec(name)?.0.clone())
+    }
+
+    /// Everything is drawn in the release's storage dtype.
+    pub fn storage_dtypes(&self) -> BTreeMap<String, usize> {
+        let elements = self
+            .specs
+            .values()
+            .map(|(shape, _)| shape.iter().product::<usize>())
+            .sum();
+        let dtype = if self.preset.family() == Family::Phi3 {
+            "bf16"
+        } else {
+            "f16"
+        };
+        BTreeMap::from([(dtype.to_owned(), elements)])
+    }
+
+    pub fn config_files(&self) -> ConfigFiles {
+        let text = |value: &Value| serde_json::to_string(value).expect("JSON of plain values");
+        ConfigFiles {
+            root: self.label.clone(),
+            config: text(&config_json(self.preset)),
+            generation: None,
+            vision: (self.preset == Preset::ImpV15_3b196).then(|| {
+                (
+                    "siglip-so400m-patch14-196/config.json".to_owned(),
+                    text(&vision_json(196)),
+                )
+            }),
+        }
+    }
+
+    pub fn tokenizer(&self) -> Result<ImpTokenizer> {
+        ImpTokenizer::from_dir(&self.tokenizer_dir)
+    }
+
+    /// A dense tensor with the preset's values for `name`.
+    pub fn load_dense(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let (shape, fill) = self.spec(name)?;
+        let len = shape.iter().product();
+        let values = match fill {
+            Fill::Random => draw(self.tensor_seed(name), len),
+            Fill::Ones => vec![1.0; len],
+            Fill::Zeros => vec![0.0; len],
+        };
+        Ok(Tensor::from_vec(values, shape.as_slice(), device)?.to_dtype(dtype)?)
+    }
+
+    /// A weight matrix `[out, width]` in `format`: block formats quantize a tile of rows once
+    /// and repeat its bytes.
+    pub fn matrix(
+        &self,
+        source: &Source,
+        out: usize,
+        width: usize,
+        format: GgmlDType,
+        device: &Device,
+    ) -> Result<Matrix> {
+        let seed = self.tensor_seed(source.names()[0]);
+        let tile_rows = out.min(BLOCK_TILE_ROWS);
+        let tile = Tensor::from_vec(draw(seed, tile_rows * width), (tile_rows, width), device)?;
+        let Matrix::Blocks(blocks) = Matrix::convert(&tile, format)? else {
+            let full = Tensor::from_vec(draw(seed, out * width), (out, width), device)?;
+            return Matrix::convert(&full, format);
+        };
+        let padded = blocks.shape().dims2()?.1;
+        let bytes = blocks.data()?;
+        let row_bytes = bytes.len() / tile_rows;
+        let mut all = Vec::with_capacity(out * row_bytes);
+        while all.len() < out * row_bytes {
+            let take = (out * row_bytes - all.len()).min(bytes.len());
+            all.extend_from_slice(&bytes[..take]);
+        }
+        Ok(Matrix::Blocks(ggml_file::qtensor_from_ggml(
+            format,
+            &all,
+            vec![out, padded],
+            device,
+        )?))
+    }
+
+    fn spec(&self, name: &str) -> Result<&(Vec<usize>, Fill)> {
+        self.specs.get(name).ok_or_else(|| {
+            Error::tensor(
+                name,
+                format!("is not part of the {} preset", self.preset.name()),
+            )
+        })
+    }
+
+    /// Each tensor's values depend only on its name and the seed, not on the load order.
+    fn tensor_seed(&self, name: &str) -> u64 {
+        name.bytes()
+            .fold(self.seed ^ 0x9e37_79b9_7f4a_7c15, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            })
+    }
+}
+
+/// `len` values of the checkpoint's random fill, drawn in parallel chunks.
+fn draw(seed: u64, len: usize) -> Vec<f32> {
+    const CHUNK: usize = 1 << 16;
+    let mut values = vec![0f32; len];
+    values
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let mut rng = XorShift((seed ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d)).max(1));
+            for x in chunk {
+                *x = rng.uniform() * RANDOM_SCALE;
+            }
+        });
+    values
+}
+
+/// Keeps activations tame through 32 layers of random weights.
+const RANDOM_SCALE: f32 = 0.02;
 
 /// Uniform in (-√3, √3): unit variance.
 struct XorShift(u64);
@@ -411,4 +581,61 @@ fn copy_tokenizer(from: &Path, to: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Checkpoint;
+    use crate::config::ImpConfig;
+
+    fn tokenizer(preset: Preset) -> PathBuf {
+        let name = match preset.family() {
+            Family::Phi2 => "imp-v1.5-3b-phi2",
+            Family::Qwen2 => "imp-v1.5-2b-qwen1.5",
+            Family::Phi3 => "imp-v1.5-4b-phi3",
+        };
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models")
+            .join(name)
+    }
+
+    #[test]
+    fn every_preset_configures_like_a_release() {
+        for preset in Preset::ALL {
+            let synthetic = SyntheticCheckpoint::new(preset, &tokenizer(preset), 1);
+            let files = synthetic.config_files();
+            let checkpoint = Checkpoint::Synthetic(synthetic);
+            let config = ImpConfig::load(&files, &checkpoint).unwrap();
+            let s = preset.shape();
+            assert_eq!(config.decoder.hidden_size, s.hidden, "{}", preset.name());
+            assert_eq!(config.decoder.num_layers, s.layers);
+            assert_eq!(config.vision.image_size, s.image_size);
+            assert_eq!(config.vision.num_layers, VISION_LAYERS);
+        }
+    }
+
+    #[test]
+    fn block_matrices_repeat_a_drawn_tile() {
+        let preset = Preset::ImpV15_3b;
+        let synthetic = SyntheticCheckpoint::new(preset, &tokenizer(preset), 7);
+        let source = preset.style().projector().fc1.weight;
+        let (out, width) = (preset.shape().hidden, VISION_HIDDEN);
+        let Matrix::Blocks(blocks) = synthetic
+            .matrix(&source, out, width, GgmlDType::Q8_0, &Device::Cpu)
+            .unwrap()
+        else {
+            panic!("q8_0 is a block format");
+        };
+        let values = blocks.dequantize(&Device::Cpu).unwrap();
+        assert_eq!(values.dims(), [out, 1280]);
+        let row = |i: usize| values.get(i).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(row(3), row(3 + BLOCK_TILE_ROWS));
+        assert_ne!(row(3), row(4));
+        assert!(row(3)[width..].iter().all(|&x| x == 0.0), "zero padding");
+        let dense = synthetic
+            .load_dense(source.names()[0], DType::F32, &Device::Cpu)
+            .unwrap();
+        assert_eq!(dense.dims(), [out, width]);
+    }
 }

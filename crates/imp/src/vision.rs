@@ -5,6 +5,7 @@
 use candle_core::Tensor;
 
 use crate::attention::attend;
+use crate::kernels::gelu::gelu;
 
 use crate::checkpoint::{NamingStyle, Weights};
 use crate::linear::Linear;
@@ -143,7 +144,7 @@ impl EncoderLayer {
     fn forward(&self, x: &Tensor, cfg: &VisionConfig) -> Result<Tensor> {
         let attn = self.attention(&self.norm1.forward(x)?, cfg)?;
         let x = (x + attn)?;
-        let h = self.fc1.forward(&self.norm2.forward(&x)?)?.gelu()?;
+        let h = gelu(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
         Ok((x + self.fc2.forward(&h)?)?)
     }
 
@@ -151,13 +152,9 @@ impl EncoderLayer {
         let (n, c) = x.dims2()?;
         let (heads, hd) = (cfg.num_heads, cfg.head_dim());
         let qkv = self.qkv.forward(x)?.reshape((n, 3, heads, hd))?;
-        let split = |i: usize| -> Result<Tensor> {
-            Ok(qkv
-                .narrow(1, i, 1)?
-                .squeeze(1)?
-                .transpose(0, 1)?
-                .contiguous()?)
-        };
+        // Strided views: attention reads them in place.
+        let split =
+            |i: usize| -> Result<Tensor> { Ok(qkv.narrow(1, i, 1)?.squeeze(1)?.transpose(0, 1)?) };
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
         let out = attend(&q, &k, &v, None)?;
         self.attn_out

@@ -1,6 +1,7 @@
 //! Reads a model's tensors: from a Hugging Face folder (`model.safetensors` or shards listed by
 //! `model.safetensors.index.json`, in f32, f16 or bf16 storage) or from one GGUF file written by
-//! `imp quantize` ([`gguf`]), both memory-mapped.
+//! `imp quantize` ([`gguf`]), both memory-mapped; or random weights drawn in memory
+//! ([`SyntheticCheckpoint`]).
 //!
 //! Each tensor is copied out of the mapping and its pages are then released, so a loaded model
 //! holds one copy of its weights, not the mapped file as well. [`Weights`] turns the tensors into
@@ -23,6 +24,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::config::ConfigFiles;
 use crate::linear::{Embedding, Linear};
 use crate::quant::{self, Matrix, Part, Quantization, WeightGroup};
+use crate::synthetic::SyntheticCheckpoint;
 use crate::tokenizer::ImpTokenizer;
 use crate::{Error, Result};
 
@@ -43,6 +45,8 @@ pub enum Checkpoint {
     Folder(Folder),
     /// One GGUF file written by `imp quantize`.
     Gguf(GgufFile),
+    /// Random weights with a released model's shapes, drawn in memory (`imp bench`).
+    Synthetic(SyntheticCheckpoint),
 }
 
 impl Checkpoint {
@@ -68,6 +72,7 @@ impl Checkpoint {
         match self {
             Self::Folder(folder) => &folder.dir,
             Self::Gguf(file) => file.path(),
+            Self::Synthetic(synthetic) => synthetic.label(),
         }
     }
 
@@ -75,6 +80,7 @@ impl Checkpoint {
         match self {
             Self::Folder(folder) => folder.routing.contains_key(name),
             Self::Gguf(file) => file.contains(name),
+            Self::Synthetic(synthetic) => synthetic.contains(name),
         }
     }
 
@@ -82,6 +88,7 @@ impl Checkpoint {
         match self {
             Self::Folder(folder) => Box::new(folder.routing.keys().map(String::as_str)),
             Self::Gguf(file) => Box::new(file.tensor_names()),
+            Self::Synthetic(synthetic) => Box::new(synthetic.tensor_names()),
         }
     }
 
@@ -90,6 +97,7 @@ impl Checkpoint {
         match self {
             Self::Folder(folder) => Ok(folder.info(name)?.1.shape.clone()),
             Self::Gguf(file) => file.shape(name),
+            Self::Synthetic(synthetic) => synthetic.shape(name),
         }
     }
 
@@ -98,6 +106,7 @@ impl Checkpoint {
         match self {
             Self::Folder(folder) => folder.storage_dtypes(),
             Self::Gguf(file) => file.storage_dtypes(),
+            Self::Synthetic(synthetic) => synthetic.storage_dtypes(),
         }
     }
 
@@ -106,6 +115,7 @@ impl Checkpoint {
         match self {
             Self::Folder(folder) => ConfigFiles::read(&folder.dir),
             Self::Gguf(file) => file.config_files(),
+            Self::Synthetic(synthetic) => Ok(synthetic.config_files()),
         }
     }
 
@@ -114,6 +124,7 @@ impl Checkpoint {
         match self {
             Self::Folder(folder) => ImpTokenizer::from_dir(&folder.dir),
             Self::Gguf(file) => file.tokenizer(),
+            Self::Synthetic(synthetic) => synthetic.tokenizer(),
         }
     }
 
@@ -164,6 +175,7 @@ impl Checkpoint {
         match self {
             Self::Folder(folder) => folder.load_one(name, dtype, device),
             Self::Gguf(file) => file.load_dense(name, dtype, device),
+            Self::Synthetic(synthetic) => synthetic.load_dense(name, dtype, device),
         }
     }
 }
@@ -457,6 +469,9 @@ impl<'a> Weights<'a> {
                     ));
                 }
                 matrix
+            }
+            (Checkpoint::Synthetic(synthetic), Some(format)) => {
+                synthetic.matrix(source, out, width, format, &self.device)?
             }
             (_, None) => Matrix::Dense(self.checkpoint.load(
                 source,

@@ -1,0 +1,350 @@
+//! `imp bench`: times every stage of an image question on a real or synthetic model, with the
+//! machine's memory bandwidth measured in the same run so decode can be put against its limit.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use image::RgbImage;
+use imp::checkpoint::Checkpoint;
+use imp::generate::{generate_prepared, PreparedPrompt};
+use imp::synthetic::{Preset, SyntheticCheckpoint};
+use imp::{GenerationOptions, ImageId, ImpModel, Prompt};
+use serde_json::{json, Value};
+
+use crate::LoadArgs;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Model folder, Hugging Face repo id or .gguf file.
+    #[arg(
+        long,
+        required_unless_present = "synthetic",
+        conflicts_with = "synthetic"
+    )]
+    model: Option<String>,
+    /// Random weights with a released model's shapes, made in memory (no files): imp-v1-3b,
+    /// imp-v1.5-3b, imp-v1.5-3b-196, imp-v1.5-2b or imp-v1.5-4b.
+    #[arg(long)]
+    synthetic: Option<String>,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Worker threads (default: every core, or RAYON_NUM_THREADS).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Text tokens of the prompt, template included, besides the image's rows.
+    #[arg(long, default_value_t = 64)]
+    prompt_tokens: usize,
+    /// Tokens to decode (stop tokens do not end the run).
+    #[arg(long, default_value_t = 32)]
+    gen_tokens: usize,
+    /// Measured runs after one warm-up; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Image to ask about (default: a generated 640x480 picture).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Text only: no image in the prompt.
+    #[arg(long)]
+    no_image: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Seed of the synthetic weights.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// Bytes the bandwidth probe streams: far beyond any last-level cache.
+const PROBE_BYTES: usize = 1 << 30;
+/// Text-only prompt of the short-context decode, the baseline that long-context decode is
+/// compared with.
+const SHORT_PROMPT_TOKENS: usize = 8;
+
+/// One measured run.
+#[derive(Default)]
+struct Sample {
+    preprocess: Duration,
+    vision: Duration,
+    projector: Duration,
+    prefill: Duration,
+    ttft: Duration,
+    decode_tok_s: f64,
+    short_decode_tok_s: f64,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(threads) = args.threads {
+        if threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        // Read by candle and by rayon's global pool when they first start, which is below.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    if args.gen_tokens < 2 {
+        bail!("--gen-tokens must be at least 2 (the first token comes from the prefill)");
+    }
+    if args.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    let image = match &args.image {
+        Some(path) => Some(imp::preprocess::load_rgb(path)?),
+        None => (!args.no_image).then(generated_image),
+    };
+    let threads = candle_core::utils::get_num_threads();
+    let bandwidth = imp::bandwidth::read_bandwidth(threads, PROBE_BYTES, 5);
+
+    let options = crate::load_options(&args.load)?;
+    let start = Instant::now();
+    let (model, name) = match (&args.model, &args.synthetic) {
+        (_, Some(preset)) => {
+            let preset = Preset::from_name(preset)?;
+            let checkpoint = Checkpoint::Synthetic(SyntheticCheckpoint::new(
+                preset,
+                &crate::bundled_tokenizer(preset)?,
+                args.seed,
+            ));
+            let model = ImpModel::from_checkpoint(&checkpoint, &options)?;
+            (model, format!("synthetic {}", preset.name()))
+        }
+        (Some(model), None) => {
+            let dir = imp::hub::resolve_model(model, &imp::hub::HubOptions::default())?;
+            let loaded = ImpModel::load(&dir, &options)
+                .with_context(|| format!("loading {}", dir.display()))?;
+            (loaded, model.clone())
+        }
+        (None, None) => bail!("give --model or --synthetic"),
+    };
+    let load_s = start.elapsed().as_secs_f64();
+
+    let images: Vec<RgbImage> = image.into_iter().collect();
+    let ids: Vec<ImageId> = images.iter().map(ImageId::of_image).collect();
+    let prepared = prompt_of(&model, args.prompt_tokens, &ids)?;
+    let short = prompt_of(&model, SHORT_PROMPT_TOKENS, &[])?;
+    let generation = GenerationOptions {
+        max_new_tokens: args.gen_tokens,
+        ignore_stop_tokens: true,
+        ..Default::default()
+    };
+    if prepared.len() + args.gen_tokens > model.config().max_context {
+        bail!(
+            "{} prompt positions plus {} new tokens exceed the context of {}",
+            prepared.len(),
+            args.gen_tokens,
+            model.config().max_context
+        );
+    }
+
+    let mut samples = Vec::with_capacity(args.repeat);
+    for round in 0..=args.repeat {
+        if !args.json {
+            let what = if round == 0 { "warm-up" } else { "run" };
+            eprintln!("{what} {round}/{}", args.repeat);
+        }
+        let sample = measure(&model, &images, &prepared, &short, &generation)?;
+        if round > 0 {
+            samples.push(sample);
+        }
+    }
+
+    let median = |f: &dyn Fn(&Sample) -> f64| -> f64 {
+        let mut values: Vec<f64> = samples.iter().map(f).collect();
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        if n % 2 == 1 {
+            values[n / 2]
+        } else {
+            (values[n / 2 - 1] + values[n / 2]) / 2.0
+        }
+    };
+    let decode_tok_s = median(&|s| s.decode_tok_s);
+    let short_decode_tok_s = median(&|s| s.short_decode_tok_s);
+    let weight_bytes = model.info().decode_weight_bytes;
+    let bound_tok_s = bandwidth / weight_bytes as f64;
+    let report = json!({
+        "model": name,
+        "quant": quant_label(&model),
+        "threads": threads,
+        "image_size": (!images.is_empty()).then(|| model.config().vision.image_size),
+        "image_tokens": model.image_tokens() * images.len(),
+        "repeat": args.repeat,
+        "load_s": load_s,
+        "preprocess_s": median(&|s| s.preprocess.as_secs_f64()),
+        "vision_s": median(&|s| s.vision.as_secs_f64()),
+        "projector_s": median(&|s| s.projector.as_secs_f64()),
+        "prefill_s": median(&|s| s.prefill.as_secs_f64()),
+        "prefill_tokens": prepared.len(),
+        "prefill_tok_s": prepared.len() as f64 / median(&|s| s.prefill.as_secs_f64()),
+        "ttft_s": median(&|s| s.ttft.as_secs_f64()),
+        "gen_tokens": args.gen_tokens,
+        "decode_tok_s": decode_tok_s,
+        "short_context_decode_tok_s": short_decode_tok_s,
+        "long_to_short_decode": decode_tok_s / short_decode_tok_s,
+        "peak_rss_bytes": crate::peak_rss_bytes(),
+        "weight_bytes_per_token": weight_bytes,
+        "bandwidth_gb_s": bandwidth / 1e9,
+        "bandwidth_bound_tok_s": bound_tok_s,
+        "decode_fraction_of_bound": decode_tok_s / bound_tok_s,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+/// One image question end to end, then a short text-only decode for comparison.
+fn measure(
+    model: &ImpModel,
+    images: &[RgbImage],
+    prepared: &PreparedPrompt,
+    short: &PreparedPrompt,
+    options: &GenerationOptions,
+) -> Result<Sample> {
+    let mut sample = Sample::default();
+    let mut rows = Vec::with_capacity(images.len());
+    for image in images {
+        let start = Instant::now();
+        let pixels = model.preprocessor().preprocess(image, model.device())?;
+        sample.preprocess += start.elapsed();
+        let start = Instant::now();
+        let features = model.vision_features(&pixels)?;
+        sample.vision += start.elapsed();
+        let start = Instant::now();
+        rows.push(model.project(&features)?);
+        sample.projector += start.elapsed();
+    }
+    let mut session = model.new_session();
+    let generation = generate_prepared(model, &mut session, prepared, &rows, options, &mut |_| {})?;
+    sample.prefill = generation.timings.prefill;
+    sample.ttft = sample.preprocess + sample.vision + sample.projector + sample.prefill;
+    sample.decode_tok_s = generation.timings.decode_tokens_per_second();
+
+    let mut session = model.new_session();
+    let generation = generate_prepared(model, &mut session, short, &[], options, &mut |_| {})?;
+    sample.short_decode_tok_s = generation.timings.decode_tokens_per_second();
+    Ok(sample)
+}
+
+/// A question whose text part (template included) is `tokens` tokens long, or as close as the
+/// template allows.
+fn prompt_of(model: &ImpModel, tokens: usize, images: &[ImageId]) -> Result<PreparedPrompt> {
+    let image_rows = model.image_tokens() * images.len();
+    let text_tokens = |words: usize| -> Result<(PreparedPrompt, usize)> {
+        let prompt = Prompt::Question(" the".repeat(words));
+        let prepared = PreparedPrompt::new(model, &prompt, images)?;
+        let text = prepared.len() - image_rows + images.len();
+        Ok((prepared, text))
+    };
+    let (mut prepared, overhead) = text_tokens(0)?;
+    let mut words = tokens.saturating_sub(overhead);
+    // Each " the" is one token in every family's tokenizer, but merges at the edges may shift
+    // the count by one; step until it fits.
+    for _ in 0..8 {
+        let (candidate, text) = text_tokens(words)?;
+        prepared = candidate;
+        match text.cmp(&tokens) {
+            std::cmp::Ordering::Equal => break,
+            std::cmp::Ordering::Less => words += 1,
+            std::cmp::Ordering::Greater if words > 0 => words -= 1,
+            std::cmp::Ordering::Greater => break,
+        }
+    }
+    Ok(prepared)
+}
+
+/// A smooth picture with some texture, so preprocessing does real resampling work.
+fn generated_image() -> RgbImage {
+    RgbImage::from_fn(640, 480, |x, y| {
+        let texture = ((x * 7 + y * 13) % 32) as u8;
+        image::Rgb([(x / 3) as u8 ^ texture, (y / 2) as u8, ((x + y) / 5) as u8])
+    })
+}
+
+/// The formats of the model's matrices: one name when every part uses the same.
+fn quant_label(model: &ImpModel) -> String {
+    let formats: BTreeSet<(String, String)> = model
+        .info()
+        .weights
+        .iter()
+        .filter(|g| g.width > 0)
+        .map(|g| (g.part.to_string(), g.format.clone()))
+        .collect();
+    let distinct: BTreeSet<&String> = formats.iter().map(|(_, f)| f).collect();
+    if distinct.len() == 1 {
+        return distinct.into_iter().next().cloned().unwrap_or_default();
+    }
+    formats
+        .iter()
+        .map(|(part, format)| format!("{part} {format}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn print_table(report: &Value) {
+    let number = |key: &str| report[key].as_f64().unwrap_or(f64::NAN);
+    let seconds = |key: &str| format!("{:.3} s", number(key));
+    let rows = [
+        ("model", report["model"].as_str().unwrap_or("").to_owned()),
+        ("quant", report["quant"].as_str().unwrap_or("").to_owned()),
+        ("threads", report["threads"].to_string()),
+        ("load", seconds("load_s")),
+        ("preprocess", seconds("preprocess_s")),
+        (
+            "vision",
+            format!(
+                "{} ({} image tokens)",
+                seconds("vision_s"),
+                report["image_tokens"]
+            ),
+        ),
+        ("projector", seconds("projector_s")),
+        (
+            "prefill",
+            format!(
+                "{} ({} tokens, {:.1} tok/s)",
+                seconds("prefill_s"),
+                report["prefill_tokens"],
+                number("prefill_tok_s")
+            ),
+        ),
+        ("time to first token", seconds("ttft_s")),
+        (
+            "decode",
+            format!(
+                "{:.2} tok/s after the prompt, {:.2} tok/s after {SHORT_PROMPT_TOKENS} tokens \
+                 (ratio {:.2})",
+                number("decode_tok_s"),
+                number("short_context_decode_tok_s"),
+                number("long_to_short_decode")
+            ),
+        ),
+        (
+            "weights per token",
+            format!("{:.1} MB", number("weight_bytes_per_token") / 1e6),
+        ),
+        (
+            "memory bandwidth",
+            format!(
+                "{:.1} GB/s: decode bound {:.2} tok/s, reached {:.0}%",
+                number("bandwidth_gb_s"),
+                number("bandwidth_bound_tok_s"),
+                100.0 * number("decode_fraction_of_bound")
+            ),
+        ),
+        (
+            "peak memory",
+            format!("{:.2} GB", number("peak_rss_bytes") / 1e9),
+        ),
+    ];
+    for (label, value) in rows {
+        println!("{label:<20} {value}");
+    }
+    println!(
+        "(medians of {} runs after a warm-up)",
+        report["repeat"].as_u64().unwrap_or(0)
+    );
+}

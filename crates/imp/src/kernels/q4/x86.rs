@@ -1,0 +1,152 @@
+//! x86-64 Q4_0 kernels. A 64-byte row of a packed block holds 4 bytes (8 nibbles) of each of
+//! the 16 lanes, so one AVX-512 register of masked nibbles times 4 broadcast activation bytes
+//! gives all 16 lanes' partial dot products in one `vpdpbusd`; AVX2 does the same per 8 lanes
+//! with `vpmaddubsw` (products of at most 15 · 127, so its i16 sums never saturate). The
+//! nibbles are multiplied unsigned and `-8 · Σx` corrects the sum.
+
+use std::arch::x86_64::*;
+use std::array;
+
+use super::act::Rows;
+use super::q4_0::{Tile, BLOCK_BYTES};
+use super::{Isa, BLOCK, LANES, MAX_ROWS};
+
+/// Panics unless `isa` runs here and the lengths fit: the kernels' pointer arithmetic and
+/// instructions rely on both.
+pub(super) fn check(isa: Isa, tile: &Tile<'_>, rows: &Rows<'_>, out: &[[f32; LANES]]) {
+    assert!(isa.is_available());
+    tile.check(rows.blocks());
+    assert_eq!(out.len(), rows.len());
+    assert!((1..=MAX_ROWS).contains(&out.len()));
+}
+
+/// Reads activation bytes `i..i + 4` of a row as one i32, to broadcast.
+///
+/// Safety: `i + 4 <= len` of the row `x` points to.
+#[inline(always)]
+pub(super) unsafe fn quad(x: *const i8, i: usize) -> i32 {
+    x.add(i).cast::<i32>().read_unaligned()
+}
+
+pub(super) fn avx512_vnni(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
+    check(Isa::Avx512Vnni, &tile, &rows, out);
+    // Safety: `check` made sure of the CPU features and the lengths.
+    unsafe {
+        match out.len() {
+            1 => vnni::<1>(tile, rows, out),
+            2 => vnni::<2>(tile, rows, out),
+            3 => vnni::<3>(tile, rows, out),
+            4 => vnni::<4>(tile, rows, out),
+            5 => vnni::<5>(tile, rows, out),
+            6 => vnni::<6>(tile, rows, out),
+            7 => vnni::<7>(tile, rows, out),
+            _ => vnni::<8>(tile, rows, out),
+        }
+    }
+}
+
+pub(super) fn avx2(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
+    check(Isa::Avx2, &tile, &rows, out);
+    // At most 4 rows at once: 2 registers per row fill the 16 of AVX2.
+    for (first, out) in (0..rows.len()).step_by(4).zip(out.chunks_mut(4)) {
+        let rows = rows.slice(first, out.len());
+        // Safety: `check` made sure of the CPU features and the lengths.
+        unsafe {
+            match out.len() {
+                1 => avx2_rows::<1>(tile, rows, out),
+                2 => avx2_rows::<2>(tile, rows, out),
+                3 => avx2_rows::<3>(tile, rows, out),
+                _ => avx2_rows::<4>(tile, rows, out),
+            }
+        }
+    }
+}
+
+/// One tile against `R` rows (`R == out.len()`), all 16 lanes per register.
+///
+/// Safety: the CPU has AVX-512 F, BW and VNNI; the lengths passed `check`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
+    let mask = _mm512_set1_epi8(0x0F);
+    let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
+    let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
+    let sums: [&[i32]; R] = array::from_fn(|r| rows.sums(r));
+    let (scales, quants) = (tile.scales.as_ptr(), tile.quants.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); R];
+    for b in 0..rows.blocks() {
+        // A single row gets two dependency chains (low and high nibbles) to keep the pipes
+        // busy; several rows are independent chains already.
+        let mut lo: [__m512i; R] = array::from_fn(|r| _mm512_set1_epi32(-8 * sums[r][b]));
+        let mut hi = [_mm512_setzero_si512(); R];
+        let q = quants.add(b * BLOCK_BYTES);
+        for j in 0..4 {
+            let v = _mm512_loadu_si512(q.add(j * 64).cast());
+            let wl = _mm512_and_si512(v, mask);
+            let wh = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
+            for r in 0..R {
+                let i = b * BLOCK + 4 * j;
+                let (xl, xh) = (quad(x[r], i), quad(x[r], i + 16));
+                lo[r] = _mm512_dpbusd_epi32(lo[r], wl, _mm512_set1_epi32(xl));
+                if R == 1 {
+                    hi[r] = _mm512_dpbusd_epi32(hi[r], wh, _mm512_set1_epi32(xh));
+                } else {
+                    lo[r] = _mm512_dpbusd_epi32(lo[r], wh, _mm512_set1_epi32(xh));
+                }
+            }
+        }
+        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(scales.add(b * LANES).cast()));
+        for r in 0..R {
+            let dot = _mm512_cvtepi32_ps(_mm512_add_epi32(lo[r], hi[r]));
+            let s = _mm512_mul_ps(dw, _mm512_set1_ps(d[r][b]));
+            acc[r] = _mm512_fmadd_ps(s, dot, acc[r]);
+        }
+    }
+    for r in 0..R {
+        _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
+}
+
+/// One tile against `R` rows (`R == out.len()`), 8 lanes per register, the two halves in turn.
+///
+/// Safety: the CPU has AVX2, FMA and F16C; the lengths passed `check`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
+    let mask = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
+    let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
+    let sums: [&[i32]; R] = array::from_fn(|r| rows.sums(r));
+    let (scales, quants) = (tile.scales.as_ptr(), tile.quants.as_ptr());
+    for half in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..rows.blocks() {
+            // Eight products of two pairs per i16 lane: at most 8 · 2 · 15 · 127 < 2^15.
+            let mut sum = [_mm256_setzero_si256(); R];
+            let q = quants.add(b * BLOCK_BYTES + half * 32);
+            for j in 0..4 {
+                let v = _mm256_loadu_si256(q.add(j * 64).cast());
+                let wl = _mm256_and_si256(v, mask);
+                let wh = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+                for r in 0..R {
+                    let i = b * BLOCK + 4 * j;
+                    let xl = _mm256_set1_epi32(quad(x[r], i));
+                    let xh = _mm256_set1_epi32(quad(x[r], i + 16));
+                    sum[r] = _mm256_add_epi16(sum[r], _mm256_maddubs_epi16(wl, xl));
+                    sum[r] = _mm256_add_epi16(sum[r], _mm256_maddubs_epi16(wh, xh));
+                }
+            }
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(scales.add(b * LANES + half * 8).cast()));
+            for r in 0..R {
+                let dot = _mm256_add_epi32(
+                    _mm256_madd_epi16(sum[r], ones),
+                    _mm256_set1_epi32(-8 * sums[r][b]),
+                );
+                let s = _mm256_mul_ps(dw, _mm256_set1_ps(d[r][b]));
+                acc[r] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(dot), acc[r]);
+            }
+        }
+        for r in 0..R {
+            _mm256_storeu_ps(out[r].as_mut_ptr().add(half * 8), acc[r]);
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! x86-64 Q4_K kernels, the Q4_0 scheme of `x86.rs` on the Q4_K layout: the low nibbles of a
+//! 64-byte group row belong to sub-block `2p`, the high ones to `2p + 1`, so each chunk gives
+//! two independent dot-product chains. The nibbles are unsigned as stored; the minimum term
+//! `dmin · m · d_x · Σx` is subtracted in f32.
+
+use std::arch::x86_64::*;
+use std::array;
+
+use super::act::Rows;
+use super::q4_k::{Tile, QUANT_BYTES, SM_BYTES, SUBS};
+use super::x86::quad;
+use super::{Isa, BLOCK, LANES, MAX_ROWS};
+
+/// Panics unless `isa` runs here and the lengths fit: the kernels' pointer arithmetic and
+/// instructions rely on both.
+fn check(isa: Isa, tile: &Tile<'_>, rows: &Rows<'_>, out: &[[f32; LANES]]) {
+    assert!(isa.is_available());
+    tile.check(rows.blocks());
+    assert_eq!(out.len(), rows.len());
+    assert!((1..=MAX_ROWS).contains(&out.len()));
+}
+
+pub(super) fn avx512_vnni(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
+    check(Isa::Avx512Vnni, &tile, &rows, out);
+    // At most 4 rows at once: 3 registers per row, and the weights and scales.
+    for (first, out) in (0..rows.len()).step_by(4).zip(out.chunks_mut(4)) {
+        let rows = rows.slice(first, out.len());
+        // Safety: `check` made sure of the CPU features and the lengths.
+        unsafe {
+            match out.len() {
+                1 => vnni::<1>(tile, rows, out),
+                2 => vnni::<2>(tile, rows, out),
+                3 => vnni::<3>(tile, rows, out),
+                _ => vnni::<4>(tile, rows, out),
+            }
+        }
+    }
+}
+
+pub(super) fn avx2(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
+    check(Isa::Avx2, &tile, &rows, out);
+    // At most 2 rows at once: 3 registers per row, and the weights and scales.
+    for (first, out) in (0..rows.len()).step_by(2).zip(out.chunks_mut(2)) {
+        let rows = rows.slice(first, out.len());
+        // Safety: `check` made sure of the CPU features and the lengths.
+        unsafe {
+            match out.len() {
+                1 => avx2_rows::<1>(tile, rows, out),
+                _ => avx2_rows::<2>(tile, rows, out),
+            }
+        }
+    }
+}
+
+/// One tile against `R` rows (`R == out.len()`), all 16 lanes per register.
+///
+/// Safety: the CPU has AVX-512 F, BW and VNNI; the lengths passed `check`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
+    let mask = _mm512_set1_epi8(0x0F);
+    let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
+    let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
+    let sums: [&[i32]; R] = array::from_fn(|r| rows.sums(r));
+    let mut acc = [_mm512_setzero_ps(); R];
+    for sb in 0..rows.blocks() / SUBS {
+        let dd = tile.dd.as_ptr().add(sb * 2 * LANES);
+        let d_w = _mm512_cvtph_ps(_mm256_loadu_si256(dd.cast()));
+        let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(dd.add(LANES).cast()));
+        let sm = tile.sm.as_ptr().add(sb * SM_BYTES);
+        let q = tile.quants.as_ptr().add(sb * QUANT_BYTES);
+        for p in 0..SUBS / 2 {
+            // Sub-blocks 2p (low nibbles) and 2p + 1 (high nibbles).
+            let b = sb * SUBS + 2 * p;
+            let mut lo = [_mm512_setzero_si512(); R];
+            let mut hi = [_mm512_setzero_si512(); R];
+            for g in 0..8 {
+                let v = _mm512_loadu_si512(q.add((p * 8 + g) * 64).cast());
+                let wl = _mm512_and_si512(v, mask);
+                let wh = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
+                for r in 0..R {
+                    let (xl, xh) = (
+                        quad(x[r], b * BLOCK + 4 * g),
+                        quad(x[r], (b + 1) * BLOCK + 4 * g),
+                    );
+                    lo[r] = _mm512_dpbusd_epi32(lo[r], wl, _mm512_set1_epi32(xl));
+                    hi[r] = _mm512_dpbusd_epi32(hi[r], wh, _mm512_set1_epi32(xh));
+                }
+            }
+            for (h, dots) in [lo, hi].iter().enumerate() {
+                let s = 2 * p + h;
+                let sc = _mm_loadu_si128(sm.add(s * LANES).cast());
+                let m = _mm_loadu_si128(sm.add((SUBS + s) * LANES).cast());
+                let dsc = _mm512_mul_ps(d_w, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc)));
+                let dmm = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(m)));
+                for r in 0..R {
+                    let dx = d[r][b + h];
+                    let s = _mm512_mul_ps(dsc, _mm512_set1_ps(dx));
+                    acc[r] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(dots[r]), acc[r]);
+                    let xsum = _mm512_set1_ps(dx * sums[r][b + h] as f32);
+                    acc[r] = _mm512_fnmadd_ps(dmm, xsum, acc[r]);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
+}
+
+/// One tile against `R` rows (`R == out.len()`), 8 lanes per register, the two halves in turn.
+///
+/// Safety: the CPU has AVX2, FMA and F16C; the lengths passed `check`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
+    let mask = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
+    let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
+    let sums: [&[i32]; R] = array::from_fn(|r| rows.sums(r));
+    for half in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for sb in 0..rows.blocks() / SUBS {
+            let dd = tile.dd.as_ptr().add(sb * 2 * LANES + half * 8);
+            let d_w = _mm256_cvtph_ps(_mm_loadu_si128(dd.cast()));
+            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(dd.add(LANES).cast()));
+            let sm = tile.sm.as_ptr().add(sb * SM_BYTES + half * 8);
+            let q = tile.quants.as_ptr().add(sb * QUANT_BYTES + half * 32);
+            for p in 0..SUBS / 2 {
+                let b = sb * SUBS + 2 * p;
+                // Eight products of two pairs per i16 lane: at most 8 · 2 · 15 · 127 < 2^15.
+                let mut lo = [_mm256_setzero_si256(); R];
+                let mut hi = [_mm256_setzero_si256(); R];
+                for g in 0..8 {
+                    let v = _mm256_loadu_si256(q.add((p * 8 + g) * 64).cast());
+                    let wl = _mm256_and_si256(v, mask);
+                    let wh = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+                    for r in 0..R {
+                        let xl = _mm256_set1_epi32(quad(x[r], b * BLOCK + 4 * g));
+                        let xh = _mm256_set1_epi32(quad(x[r], (b + 1) * BLOCK + 4 * g));
+                        lo[r] = _mm256_add_epi16(lo[r], _mm256_maddubs_epi16(wl, xl));
+                        hi[r] = _mm256_add_epi16(hi[r], _mm256_maddubs_epi16(wh, xh));
+                    }
+                }
+                for (h, dots) in [lo, hi].iter().enumerate() {
+                    let s = 2 * p + h;
+                    let sc = _mm_loadl_epi64(sm.add(s * LANES).cast());
+                    let m = _mm_loadl_epi64(sm.add((SUBS + s) * LANES).cast());
+                    let dsc = _mm256_mul_ps(d_w, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc)));
+                    let dmm = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m)));
+                    for r in 0..R {
+                        let dx = d[r][b + h];
+                        let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(dots[r], ones));
+                        let s = _mm256_mul_ps(dsc, _mm256_set1_ps(dx));
+                        acc[r] = _mm256_fmadd_ps(s, dot, acc[r]);
+                        let xsum = _mm256_set1_ps(dx * sums[r][b + h] as f32);
+                        acc[r] = _mm256_fnmadd_ps(dmm, xsum, acc[r]);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            _mm256_storeu_ps(out[r].as_mut_ptr().add(half * 8), acc[r]);
+        }
+    }
+}
