@@ -459,3 +459,19 @@ fn tensors_that_track_gradients_keep_candles_ops() {
     assert!(!fast_path(&[&x, &x.to_dtype(DType::F64).unwrap()]));
     assert!(!fast_path(&[&x, &x.to_dtype(DType::F16).unwrap()]));
 }
+
+/// CI names the paths its machine must detect (the aarch64 run under `qemu -cpu max` expects
+/// NEON), so that a detection bug cannot quietly leave only the scalar path tested.
+#[test]
+fn expected_instruction_sets_are_detected() {
+    let Ok(expected) = std::env::var("IMP_EXPECT_SIMD_ISA") else {
+        return;
+    };
+    let available = Isa::available();
+    for name in expected.split(',') {
+        assert!(
+            available.iter().any(|isa| format!("{isa:?}") == name),
+            "{name} expected, detected {available:?}"
+        );
+    }
+}

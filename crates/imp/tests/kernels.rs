@@ -281,3 +281,20 @@ fn max_abs(t: &Tensor) -> f32 {
     let max = t.abs().unwrap().max_all().unwrap();
     max.to_scalar::<f32>().unwrap()
 }
+
+/// CI names the paths its machine must detect (the aarch64 run under `qemu -cpu max` expects
+/// NEON with dot products), so that a detection bug cannot quietly leave only the scalar path
+/// tested.
+#[test]
+fn expected_instruction_sets_are_detected() {
+    let Ok(expected) = std::env::var("IMP_EXPECT_Q4_ISA") else {
+        return;
+    };
+    let available = Isa::available();
+    for name in expected.split(',') {
+        assert!(
+            available.iter().any(|isa| format!("{isa:?}") == name),
+            "{name} expected, detected {available:?}"
+        );
+    }
+}
