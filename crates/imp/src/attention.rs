@@ -124,6 +124,8 @@ impl Rotary {
             &sin,
         )?;
         let pass = x.narrow(D::Minus1, self.rotary_dim, head_dim - self.rotary_dim)?;
-        Ok(Tensor::cat(&[rotated, pass], D::Minus1)?)
+        // candle concatenates along the last dim into a transposed layout; the fused attention
+        // needs rows of unit stride, and one contiguous copy of a few heads is cheap.
+        Ok(Tensor::cat(&[rotated, pass], D::Minus1)?.contiguous()?)
     }
 }
