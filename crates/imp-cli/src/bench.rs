@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use image::RgbImage;
 use imp::checkpoint::Checkpoint;
-use imp::generate::{generate_prepared, PreparedPrompt};
+use imp::generate::{encode_images, generate_prepared, PreparedPrompt, Timings};
 use imp::synthetic::{Preset, SyntheticCheckpoint};
 use imp::{GenerationOptions, ImageId, ImpModel, Prompt};
 use serde_json::{json, Value};
@@ -204,19 +204,14 @@ fn measure(
     short: &PreparedPrompt,
     options: &GenerationOptions,
 ) -> Result<Sample> {
-    let mut sample = Sample::default();
-    let mut rows = Vec::with_capacity(images.len());
-    for image in images {
-        let start = Instant::now();
-        let pixels = model.preprocessor().preprocess(image, model.device())?;
-        sample.preprocess += start.elapsed();
-        let start = Instant::now();
-        let features = model.vision_features(&pixels)?;
-        sample.vision += start.elapsed();
-        let start = Instant::now();
-        rows.push(model.project(&features)?);
-        sample.projector += start.elapsed();
-    }
+    let mut stages = Timings::default();
+    let rows = encode_images(model, images, &mut stages)?;
+    let mut sample = Sample {
+        preprocess: stages.preprocess,
+        vision: stages.vision,
+        projector: stages.projector,
+        ..Default::default()
+    };
     let mut session = model.new_session();
     let generation = generate_prepared(model, &mut session, prepared, &rows, options, &mut |_| {})?;
     sample.prefill = generation.timings.prefill;

@@ -135,6 +135,22 @@ pub fn generate_in(
     // Check the prompt before spending time on the images.
     let prepared = PreparedPrompt::new(model, prompt, &ids)?;
     let mut timings = Timings::default();
+    let rows = encode_images(model, images, &mut timings)?;
+    let mut generation = generate_prepared(model, session, &prepared, &rows, options, on_text)?;
+    timings.prefill = generation.timings.prefill;
+    timings.decode = generation.timings.decode;
+    timings.decode_steps = generation.timings.decode_steps;
+    generation.timings = timings;
+    Ok(generation)
+}
+
+/// Each image's projected rows ([`ImpModel::embed_image`]), adding the time of each stage to
+/// `timings`.
+pub fn encode_images(
+    model: &ImpModel,
+    images: &[RgbImage],
+    timings: &mut Timings,
+) -> Result<Vec<Tensor>> {
     let mut rows = Vec::with_capacity(images.len());
     for image in images {
         let start = Instant::now();
@@ -147,12 +163,7 @@ pub fn generate_in(
         rows.push(model.project(&features)?);
         timings.projector += start.elapsed();
     }
-    let mut generation = generate_prepared(model, session, &prepared, &rows, options, on_text)?;
-    timings.prefill = generation.timings.prefill;
-    timings.decode = generation.timings.decode;
-    timings.decode_steps = generation.timings.decode_steps;
-    generation.timings = timings;
-    Ok(generation)
+    Ok(rows)
 }
 
 /// A prompt rendered, tokenized and checked against its image count and the context limit, with
