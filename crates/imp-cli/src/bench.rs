@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -64,13 +64,9 @@ const PROBE_BYTES: usize = 1 << 30;
 const SHORT_PROMPT_TOKENS: usize = 8;
 
 /// One measured run.
-#[derive(Default)]
 struct Sample {
-    preprocess: Duration,
-    vision: Duration,
-    projector: Duration,
-    prefill: Duration,
-    ttft: Duration,
+    /// Image stages and prefill of the image question.
+    stages: Timings,
     decode_tok_s: f64,
     short_decode_tok_s: f64,
 }
@@ -171,13 +167,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "image_tokens": model.image_tokens() * images.len(),
         "repeat": args.repeat,
         "load_s": load_s,
-        "preprocess_s": median(&|s| s.preprocess.as_secs_f64()),
-        "vision_s": median(&|s| s.vision.as_secs_f64()),
-        "projector_s": median(&|s| s.projector.as_secs_f64()),
-        "prefill_s": median(&|s| s.prefill.as_secs_f64()),
+        "preprocess_s": median(&|s| s.stages.preprocess.as_secs_f64()),
+        "vision_s": median(&|s| s.stages.vision.as_secs_f64()),
+        "projector_s": median(&|s| s.stages.projector.as_secs_f64()),
+        "prefill_s": median(&|s| s.stages.prefill.as_secs_f64()),
         "prefill_tokens": prepared.len(),
-        "prefill_tok_s": prepared.len() as f64 / median(&|s| s.prefill.as_secs_f64()),
-        "ttft_s": median(&|s| s.ttft.as_secs_f64()),
+        "prefill_tok_s": prepared.len() as f64 / median(&|s| s.stages.prefill.as_secs_f64()),
+        "ttft_s": median(&|s| s.stages.time_to_first_token().as_secs_f64()),
         "gen_tokens": args.gen_tokens,
         "decode_tok_s": decode_tok_s,
         "short_context_decode_tok_s": short_decode_tok_s,
@@ -206,22 +202,18 @@ fn measure(
 ) -> Result<Sample> {
     let mut stages = Timings::default();
     let rows = encode_images(model, images, &mut stages)?;
-    let mut sample = Sample {
-        preprocess: stages.preprocess,
-        vision: stages.vision,
-        projector: stages.projector,
-        ..Default::default()
-    };
     let mut session = model.new_session();
     let generation = generate_prepared(model, &mut session, prepared, &rows, options, &mut |_| {})?;
-    sample.prefill = generation.timings.prefill;
-    sample.ttft = sample.preprocess + sample.vision + sample.projector + sample.prefill;
-    sample.decode_tok_s = generation.timings.decode_tokens_per_second();
+    stages.prefill = generation.timings.prefill;
+    let decode_tok_s = generation.timings.decode_tokens_per_second();
 
     let mut session = model.new_session();
     let generation = generate_prepared(model, &mut session, short, &[], options, &mut |_| {})?;
-    sample.short_decode_tok_s = generation.timings.decode_tokens_per_second();
-    Ok(sample)
+    Ok(Sample {
+        stages,
+        decode_tok_s,
+        short_decode_tok_s: generation.timings.decode_tokens_per_second(),
+    })
 }
 
 /// A question whose text part (template included) is `tokens` tokens long, or as close as the

@@ -20,7 +20,7 @@ use crate::checkpoint::names::{LinearNames, NormNames};
 use crate::checkpoint::{NamingStyle, Source};
 use crate::config::ConfigFiles;
 use crate::llm::Family;
-use crate::quant::Matrix;
+use crate::quant::{self, Matrix};
 use crate::tokenizer::ImpTokenizer;
 use crate::{Error, Result};
 
@@ -405,11 +405,17 @@ impl SyntheticCheckpoint {
         device: &Device,
     ) -> Result<Matrix> {
         let seed = self.tensor_seed(source.names()[0]);
+        if quant::float_dtype(format).is_some() {
+            let full = Tensor::from_vec(draw(seed, out * width), (out, width), device)?;
+            return Matrix::convert(&full, format);
+        }
         let tile_rows = out.min(BLOCK_TILE_ROWS);
         let tile = Tensor::from_vec(draw(seed, tile_rows * width), (tile_rows, width), device)?;
         let Matrix::Blocks(blocks) = Matrix::convert(&tile, format)? else {
-            let full = Tensor::from_vec(draw(seed, out * width), (out, width), device)?;
-            return Matrix::convert(&full, format);
+            return Err(Error::InvalidArgument(format!(
+                "{} is neither a float nor a block format",
+                quant::format_name(format)
+            )));
         };
         let padded = blocks.shape().dims2()?.1;
         let bytes = blocks.data()?;

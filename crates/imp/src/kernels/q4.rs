@@ -103,6 +103,33 @@ impl Isa {
     }
 }
 
+/// Checks GGML bytes of a matrix `[out, in_features]` stored in blocks of `block` values and
+/// `block_bytes` bytes, and returns the blocks per row.
+fn ggml_blocks_per_row(
+    format: &str,
+    data: &[u8],
+    out: usize,
+    in_features: usize,
+    block: usize,
+    block_bytes: usize,
+) -> Result<usize> {
+    if in_features == 0 || !in_features.is_multiple_of(block) {
+        return Err(Error::InvalidArgument(format!(
+            "{format} needs an input width that is a positive multiple of {block}, not \
+             {in_features}"
+        )));
+    }
+    let blocks = in_features / block;
+    let bytes = out * blocks * block_bytes;
+    if data.len() != bytes {
+        return Err(Error::InvalidArgument(format!(
+            "{format} matrix [{out}, {in_features}] needs {bytes} bytes, got {}",
+            data.len()
+        )));
+    }
+    Ok(blocks)
+}
+
 /// `y[m, out] = x[m, blocks · 32] · Wᵀ` for a matrix of `out` rows whose tile `t` is `tile(t)`.
 fn matmul<T: Copy>(
     kernel: Kernel<T>,

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::act::Rows;
 use super::{Isa, BLOCK, LANES};
-use crate::{Error, Result};
+use crate::Result;
 
 /// Bytes of a GGML Q4_0 block: the f16 scale and 16 bytes of nibbles.
 const GGML_BLOCK_BYTES: usize = 2 + BLOCK / 2;
@@ -54,20 +54,9 @@ impl fmt::Debug for PackedQ4_0 {
 impl PackedQ4_0 {
     /// Repacks the GGML Q4_0 bytes of a matrix `[out, in]`, `in` a multiple of 32.
     pub fn from_ggml(data: &[u8], out: usize, in_features: usize) -> Result<Self> {
-        if in_features == 0 || !in_features.is_multiple_of(BLOCK) {
-            return Err(Error::InvalidArgument(format!(
-                "q4_0 needs an input width that is a positive multiple of {BLOCK}, not {in_features}"
-            )));
-        }
-        let blocks = in_features / BLOCK;
+        let blocks =
+            super::ggml_blocks_per_row("q4_0", data, out, in_features, BLOCK, GGML_BLOCK_BYTES)?;
         let row_bytes = blocks * GGML_BLOCK_BYTES;
-        if data.len() != out * row_bytes {
-            return Err(Error::InvalidArgument(format!(
-                "q4_0 matrix [{out}, {in_features}] needs {} bytes, got {}",
-                out * row_bytes,
-                data.len()
-            )));
-        }
         let tiles = out.div_ceil(LANES);
         let mut scales = vec![f16::ZERO; tiles * blocks * LANES];
         // Nibbles of 8 are zeros, so the padding lanes hold the value 0 whatever their scale.

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use super::act::Rows;
 use super::{Isa, BLOCK, LANES};
-use crate::{Error, Result};
+use crate::Result;
 
 /// Values in a super-block.
 pub(super) const SUPER: usize = 256;
@@ -85,20 +85,9 @@ fn scale_min(packed: &[u8], s: usize) -> (u8, u8) {
 impl PackedQ4K {
     /// Repacks the GGML Q4_K bytes of a matrix `[out, in]`, `in` a multiple of 256.
     pub fn from_ggml(data: &[u8], out: usize, in_features: usize) -> Result<Self> {
-        if in_features == 0 || !in_features.is_multiple_of(SUPER) {
-            return Err(Error::InvalidArgument(format!(
-                "q4_k needs an input width that is a positive multiple of {SUPER}, not {in_features}"
-            )));
-        }
-        let supers = in_features / SUPER;
+        let supers =
+            super::ggml_blocks_per_row("q4_k", data, out, in_features, SUPER, GGML_SUPER_BYTES)?;
         let row_bytes = supers * GGML_SUPER_BYTES;
-        if data.len() != out * row_bytes {
-            return Err(Error::InvalidArgument(format!(
-                "q4_k matrix [{out}, {in_features}] needs {} bytes, got {}",
-                out * row_bytes,
-                data.len()
-            )));
-        }
         let tiles = out.div_ceil(LANES);
         let mut dd = vec![f16::ZERO; tiles * supers * 2 * LANES];
         let mut sm = vec![0u8; tiles * supers * SM_BYTES];
