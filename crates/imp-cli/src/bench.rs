@@ -8,9 +8,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use image::RgbImage;
-use imp::checkpoint::Checkpoint;
-use imp::generate::{encode_images, generate_prepared, PreparedPrompt, Timings};
 use imp::synthetic::{Preset, SyntheticCheckpoint};
+use imp::{encode_images, generate_prepared, PreparedPrompt, Timings};
 use imp::{GenerationOptions, ImageId, ImpModel, Prompt};
 use serde_json::{json, Value};
 
@@ -97,12 +96,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let (model, name) = match (&args.model, &args.synthetic) {
         (_, Some(preset)) => {
             let preset = Preset::from_name(preset)?;
-            let checkpoint = Checkpoint::Synthetic(SyntheticCheckpoint::new(
-                preset,
-                &crate::bundled_tokenizer(preset)?,
-                args.seed,
-            ));
-            let model = ImpModel::from_checkpoint(&checkpoint, &options)?;
+            let checkpoint =
+                SyntheticCheckpoint::new(preset, &crate::bundled_tokenizer(preset)?, args.seed);
+            let model = ImpModel::from_source(&checkpoint, &options)?;
             (model, format!("synthetic {}", preset.name()))
         }
         (Some(model), None) => {

@@ -374,9 +374,9 @@ fn synth(args: SynthArgs) -> Result<()> {
 /// The bundled tiny model of `preset`'s family, whose tokenizer synthetic models borrow.
 fn bundled_tokenizer(preset: Preset) -> Result<PathBuf> {
     bundled_model(match preset.family() {
-        imp::llm::Family::Phi2 => "imp-v1.5-3b-phi2",
-        imp::llm::Family::Qwen2 => "imp-v1.5-2b-qwen1.5",
-        imp::llm::Family::Phi3 => "imp-v1.5-4b-phi3",
+        imp::config::Family::Phi2 => "imp-v1.5-3b-phi2",
+        imp::config::Family::Qwen2 => "imp-v1.5-2b-qwen1.5",
+        imp::config::Family::Phi3 => "imp-v1.5-4b-phi3",
     })
 }
 

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use imp::checkpoint::gguf;
 use imp::hub::{resolve_model, HubOptions};
 use imp::quant::report::{quality_report, ReportInput};
 use imp::quant::{Quantization, WeightGroup};
+use imp::quantize::write_gguf;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::ModelArgs;
@@ -92,7 +92,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
         .progress_chars("=> "),
     );
     let start = Instant::now();
-    let size = gguf::write(&dir, &plan, &args.out, &mut |done, total, what| {
+    let size = write_gguf(&dir, &plan, &args.out, &mut |done, total, what| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
         bar.set_message(what.to_owned());

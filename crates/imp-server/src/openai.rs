@@ -66,7 +66,7 @@ pub struct Conversation {
 impl Conversation {
     /// The prompt in the model's template. Imp's templates have a fixed system text; a
     /// different system message takes its place.
-    pub fn prompt(&self, family: imp::llm::Family) -> Prompt {
+    pub fn prompt(&self, family: imp::config::Family) -> Prompt {
         match &self.system {
             Some(system) if system != SYSTEM_PROMPT => {
                 Prompt::Raw(render_chat(family, &self.turns).replacen(SYSTEM_PROMPT, system, 1))

@@ -1,16 +1,188 @@
-//! Turns an Imp folder's `config.json` (in either Phi-2 key style), the optional SigLIP config
-//! and the stored tensor shapes into the typed configs of each model part.
+//! The typed configs of every model part, and how an Imp folder's `config.json` (in either
+//! Phi-2 key style), the optional SigLIP config and the stored tensor shapes become them.
+//!
+//! A leaf: it reads JSON text and asks a [`TensorShapes`] for sizes, and knows nothing of
+//! weights, layers or sessions, so every other module can depend on it and it can be tested
+//! without a model.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::checkpoint::{Checkpoint, NamingStyle};
-use crate::llm::{DecoderConfig, Family};
-use crate::preprocess::AspectMode;
-use crate::projector::ProjectorConfig;
-use crate::vision::VisionConfig;
+use crate::names::{NamingStyle, TensorShapes};
 use crate::{Error, Result};
+
+/// Which base language model an Imp checkpoint wraps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Phi2,
+    Qwen2,
+    Phi3,
+}
+
+/// How a decoder layer combines attention and MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Block {
+    /// `x + attn(norm(x)) + mlp(norm(x))`, one norm shared (Phi-2).
+    Parallel,
+    /// `h = x + attn(norm1(x)); h + mlp(norm2(h))` (Qwen2, Phi-3).
+    Sequential,
+}
+
+/// The normalisation every decoder norm uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    LayerNorm,
+    RmsNorm,
+}
+
+/// The decoder MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mlp {
+    /// `fc2(gelu_tanh(fc1(x)))`.
+    Gelu,
+    /// `down(silu(gate(x)) * up(x))`, gate and up stored as one matrix of stacked rows.
+    SwiGlu,
+}
+
+impl Family {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Phi2 => "Phi-2",
+            Self::Qwen2 => "Qwen1.5 (Qwen2 architecture)",
+            Self::Phi3 => "Phi-3-mini",
+        }
+    }
+
+    pub fn block(self) -> Block {
+        match self {
+            Self::Phi2 => Block::Parallel,
+            Self::Qwen2 | Self::Phi3 => Block::Sequential,
+        }
+    }
+
+    pub fn norm(self) -> NormKind {
+        match self {
+            Self::Phi2 => NormKind::LayerNorm,
+            Self::Qwen2 | Self::Phi3 => NormKind::RmsNorm,
+        }
+    }
+
+    pub fn mlp(self) -> Mlp {
+        match self {
+            Self::Phi2 => Mlp::Gelu,
+            Self::Qwen2 | Self::Phi3 => Mlp::SwiGlu,
+        }
+    }
+}
+
+/// The language model: one of three families, sized by `config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderConfig {
+    pub family: Family,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// Leading head dims that rotate (Phi-2: 32 of 80; the others: all).
+    pub rotary_dim: usize,
+    pub rope_theta: f64,
+    pub norm_eps: f64,
+}
+
+impl DecoderConfig {
+    /// Rows of the fused query/key/value projection.
+    pub fn qkv_rows(&self) -> usize {
+        (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+    }
+
+    /// Rows of the MLP's input projection (gate and up stacked for SwiGLU).
+    pub fn mlp_in_rows(&self) -> usize {
+        match self.family.mlp() {
+            Mlp::Gelu => self.intermediate_size,
+            Mlp::SwiGlu => 2 * self.intermediate_size,
+        }
+    }
+}
+
+/// The SigLIP trunk, sized by the stored tensors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VisionConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_heads: usize,
+    /// Layers stored in the checkpoint, all of which run.
+    pub num_layers: usize,
+    pub patch_size: usize,
+    /// Pixels a side the image is resized to; may differ from the trained size.
+    pub image_size: usize,
+    /// Patches a side of the stored position table (the trained grid).
+    pub position_grid: usize,
+    pub layer_norm_eps: f64,
+}
+
+impl VisionConfig {
+    /// google/siglip-so400m-patch14-384 with Imp's last layer removed.
+    pub fn so400m() -> Self {
+        Self {
+            hidden_size: 1152,
+            intermediate_size: 4304,
+            num_heads: 16,
+            num_layers: 26,
+            patch_size: 14,
+            image_size: 384,
+            position_grid: 27,
+            layer_norm_eps: 1e-6,
+        }
+    }
+
+    /// Patches per side; pixels beyond `grid * patch` (6 of so400m's 384) are never seen.
+    pub fn grid_size(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    /// Visual tokens per image: one per patch.
+    pub fn num_patches(&self) -> usize {
+        self.grid_size() * self.grid_size()
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads
+    }
+}
+
+/// The `mlp2x_gelu` projector between the two.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectorConfig {
+    /// SigLIP hidden size (`mm_hidden_size`).
+    pub input_size: usize,
+    /// The language model's hidden size.
+    pub output_size: usize,
+}
+
+/// How a non-square image becomes square, from the model config's `image_aspect_ratio`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AspectMode {
+    /// `"square"`: resize straight to S×S, distorting the aspect ratio.
+    Squash,
+    /// `"pad"`: centre on a grey square first (LLaVA `expand2square`).
+    Pad,
+}
+
+impl AspectMode {
+    pub fn from_config(value: &str) -> Result<Self> {
+        match value {
+            "square" => Ok(Self::Squash),
+            "pad" => Ok(Self::Pad),
+            other => Err(Error::InvalidArgument(format!(
+                "image_aspect_ratio `{other}` is not supported (expected \"square\" or \"pad\")"
+            ))),
+        }
+    }
+}
 
 /// Everything the engine needs to know about one Imp checkpoint.
 #[derive(Debug, Clone)]
@@ -75,7 +247,7 @@ impl ConfigFiles {
 }
 
 impl ImpConfig {
-    pub fn load(files: &ConfigFiles, checkpoint: &Checkpoint) -> Result<Self> {
+    pub fn load(files: &ConfigFiles, checkpoint: &dyn TensorShapes) -> Result<Self> {
         let path = files.root.join(ConfigFiles::CONFIG);
         let json = Json::parse(&path, &files.config)?;
         let model_type = json.str("model_type")?.to_owned();
@@ -230,53 +402,79 @@ fn decoder_config(json: &Json, family: Family) -> Result<DecoderConfig> {
 fn vision_config(
     files: &ConfigFiles,
     json: &Json,
-    checkpoint: &Checkpoint,
+    checkpoint: &dyn TensorShapes,
     style: NamingStyle,
 ) -> Result<(VisionConfig, String)> {
     let mut config = VisionConfig::so400m();
-    let mut source = "so400m defaults".to_string();
-    let declared = match json
+    let (declared, source) = declared_vision(files, json)?;
+    let declared_image_size = match &declared {
+        Some(declared) => apply_declared_vision(&mut config, declared)?,
+        None => None,
+    };
+    vision_sizes_from_tensors(&mut config, checkpoint, style, declared_image_size)?;
+    let hidden = config.hidden_size;
+    if config.num_heads == 0 || hidden % config.num_heads != 0 {
+        return Err(Error::config(
+            &json.path,
+            format!(
+                "vision width {hidden} is not divisible by {} heads",
+                config.num_heads
+            ),
+        ));
+    }
+    Ok((config, source))
+}
+
+/// Where the vision settings are declared, if anywhere, and a label of that place.
+fn declared_vision(files: &ConfigFiles, json: &Json) -> Result<(Option<Json>, String)> {
+    if let Some(value) = json
         .value
         .get("vision_tower_config")
         .filter(|v| v.is_object())
     {
-        Some(value) => {
-            source = "config.json vision_tower_config".into();
-            Some(Json {
-                path: json.path.clone(),
-                value: value.clone(),
-            })
+        let declared = Json {
+            path: json.path.clone(),
+            value: value.clone(),
+        };
+        return Ok((Some(declared), "config.json vision_tower_config".into()));
+    }
+    match &files.vision {
+        Some((name, text)) => {
+            let path = files.root.join(name);
+            let sub = Json::parse(&path, text)?;
+            // A full SiglipConfig nests the vision part.
+            let value = sub.value.get("vision_config").cloned().unwrap_or(sub.value);
+            Ok((Some(Json { path, value }), name.clone()))
         }
-        None => match &files.vision {
-            Some((name, text)) => {
-                source = name.clone();
-                let path = files.root.join(name);
-                let sub = Json::parse(&path, text)?;
-                // A full SiglipConfig nests the vision part.
-                let value = sub.value.get("vision_config").cloned().unwrap_or(sub.value);
-                Some(Json { path, value })
-            }
-            None => None,
-        },
-    };
-    let mut declared_image_size = None;
-    if let Some(declared) = declared {
-        declared_image_size = declared.opt_usize(&["image_size"])?;
-        if let Some(heads) = declared.opt_usize(&["num_attention_heads"])? {
-            config.num_heads = heads;
-        }
-        if let Some(eps) = declared.opt_f64(&["layer_norm_eps"])? {
-            config.layer_norm_eps = eps;
-        }
-        if let Some(act) = declared.opt_str("hidden_act")? {
-            if act != "gelu_pytorch_tanh" {
-                return Err(declared.error(format!(
-                    "vision hidden_act `{act}` is not supported (SigLIP uses gelu_pytorch_tanh)"
-                )));
-            }
+        None => Ok((None, "so400m defaults".into())),
+    }
+}
+
+/// Takes heads, epsilon and activation from a declared config; returns its image size.
+fn apply_declared_vision(config: &mut VisionConfig, declared: &Json) -> Result<Option<usize>> {
+    if let Some(heads) = declared.opt_usize(&["num_attention_heads"])? {
+        config.num_heads = heads;
+    }
+    if let Some(eps) = declared.opt_f64(&["layer_norm_eps"])? {
+        config.layer_norm_eps = eps;
+    }
+    if let Some(act) = declared.opt_str("hidden_act")? {
+        if act != "gelu_pytorch_tanh" {
+            return Err(declared.error(format!(
+                "vision hidden_act `{act}` is not supported (SigLIP uses gelu_pytorch_tanh)"
+            )));
         }
     }
+    declared.opt_usize(&["image_size"])
+}
 
+/// Width, patch size, position grid, layer count and MLP width, read from the stored tensors.
+fn vision_sizes_from_tensors(
+    config: &mut VisionConfig,
+    checkpoint: &dyn TensorShapes,
+    style: NamingStyle,
+    declared_image_size: Option<usize>,
+) -> Result<()> {
     let names = style.vision_embeddings();
     let patch = checkpoint.shape(&names.patch_weight)?;
     let [hidden, channels, kh, kw] = patch[..] else {
@@ -310,27 +508,9 @@ fn vision_config(
         _ => grid * config.patch_size,
     };
     config.num_layers = style.count_vision_layers(checkpoint)?;
-    if config.num_layers == 0 {
-        return Err(Error::tensor(
-            format!("{}encoder.layers.0.*", style.vision_prefix()),
-            "missing: the checkpoint stores no vision encoder layers",
-        ));
-    }
-    let fc1 = checkpoint.shape(&format!(
-        "{}encoder.layers.0.mlp.fc1.weight",
-        style.vision_prefix()
-    ))?;
+    let fc1 = checkpoint.shape(style.vision_layer(0).fc1.weight.names()[0])?;
     config.intermediate_size = fc1[0];
-    if config.num_heads == 0 || hidden % config.num_heads != 0 {
-        return Err(Error::config(
-            &json.path,
-            format!(
-                "vision width {hidden} is not divisible by {} heads",
-                config.num_heads
-            ),
-        ));
-    }
-    Ok((config, source))
+    Ok(())
 }
 
 fn siglip_subfolder(dir: &Path) -> Result<Option<PathBuf>> {

@@ -1,40 +1,57 @@
 //! imp: run the Imp family of small multimodal models (MILVLG, arXiv 2405.12107) on CPUs.
 //!
 //! The data path is visible in the module layout:
-//! image → [`preprocess`] → [`vision`] (SigLIP trunk) → [`projector`] → splice into the token
-//! embeddings ([`model`]) → [`llm`] decoder with a per-conversation [`session`] → [`sampler`] →
-//! text ([`generate`]). [`checkpoint`] reads Hugging Face folders and is the one place that knows
-//! each checkpoint style's tensor names; [`config`] turns `config.json` into typed configs.
+//! image → [`preprocess`] → [`models::vision`] (SigLIP trunk) → [`models::projector`] → splice
+//! into the token embeddings ([`ImpModel`]) → [`models::decoder`] with a per-conversation
+//! [`Session`] → [`sampler`] → text ([`generate()`]).
+//!
+//! Weights come from a [`checkpoint::TensorSource`] (a Hugging Face folder, a GGUF file written
+//! by [`quantize::write_gguf`], or a source of your own) and are built into the layers of [`nn`],
+//! the one place where CPU kernels plug in. [`names`] is the one place that knows each checkpoint
+//! style's tensor names; [`config`] turns the configuration files into typed configs.
+//!
+//! ```no_run
+//! use imp::{generate, load_rgb, GenerationOptions, ImpModel, LoadOptions, Prompt};
+//!
+//! let model = ImpModel::load("Imp-v1.5-3B-196".as_ref(), &LoadOptions::default())?;
+//! let image = load_rgb("photo.jpg".as_ref())?;
+//! let prompt = Prompt::from_cli("What is on the table?");
+//! let answer = generate(&model, &prompt, &[image], &GenerationOptions::default(), &mut |_| {})?;
+//! println!("{}", answer.text);
+//! # Ok::<(), imp::Error>(())
+//! ```
 
-pub mod attention;
-pub mod bandwidth;
 pub mod checkpoint;
 pub mod config;
-pub mod error;
-pub mod eval;
-pub mod generate;
+mod error;
+mod generate;
+#[cfg(feature = "hub")]
 pub mod hub;
-pub mod kernels;
-pub mod linear;
-pub mod llm;
-pub mod model;
-pub mod norm;
+mod model;
+pub mod models;
+pub mod names;
+pub mod nn;
 pub mod preprocess;
-pub mod projector;
 pub mod quant;
+pub mod quantize;
 pub mod sampler;
-pub mod session;
-pub mod synthetic;
+mod session;
 pub mod template;
 pub mod tokenizer;
-pub mod vision;
+
+// Moving to crates of their own.
+pub mod bandwidth;
+pub mod eval;
+pub mod kernels;
+pub mod synthetic;
 
 pub use error::{Error, Result};
 pub use generate::{
-    generate, generate_in, generate_prepared, FinishReason, Generation, GenerationOptions,
-    PreparedPrompt, Timings,
+    encode_images, generate, generate_in, generate_prepared, FinishReason, Generation,
+    GenerationOptions, PreparedPrompt, Timings,
 };
 pub use model::{ImpModel, LoadOptions, ModelInfo};
+pub use preprocess::{decode_rgb, load_rgb};
 pub use sampler::SamplingParams;
 pub use session::{ImageId, Position, Session};
 pub use template::{Prompt, Turn};

@@ -7,16 +7,14 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::checkpoint::{Checkpoint, Weights};
-use crate::config::ImpConfig;
-use crate::llm::{Decoder, Family};
+use crate::checkpoint::{self, TensorSource, Weights};
+use crate::config::{Family, ImpConfig};
+use crate::models::{pool_patches, Decoder, Projector, VisionTower};
 use crate::preprocess::ImagePreprocessor;
-use crate::projector::Projector;
 use crate::quant::{self, Part, Quantization, WeightGroup};
 use crate::session::Session;
-use crate::template::{self, IMAGE_MARKER};
+use crate::template::{SpecialTokens, IMAGE_MARKER};
 use crate::tokenizer::ImpTokenizer;
-use crate::vision::{pool_patches, VisionTower};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -81,11 +79,11 @@ impl ImpModel {
     /// Loads a Hugging Face Imp folder as published by MILVLG, or a GGUF file written by
     /// `imp quantize`.
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
-        Self::from_checkpoint(&Checkpoint::open(path)?, options)
+        Self::from_source(checkpoint::open(path)?.as_ref(), options)
     }
 
-    /// Loads from an opened checkpoint, such as a [`crate::synthetic::SyntheticCheckpoint`].
-    pub fn from_checkpoint(checkpoint: &Checkpoint, options: &LoadOptions) -> Result<Self> {
+    /// Loads from any source of tensors, such as the synthetic models of `imp-tools`.
+    pub fn from_source(checkpoint: &dyn TensorSource, options: &LoadOptions) -> Result<Self> {
         let mut config = ImpConfig::load(&checkpoint.config_files()?, checkpoint)?;
         apply_token_budget(&mut config, options)?;
         let mut tokenizer = checkpoint.tokenizer()?;
@@ -217,7 +215,7 @@ impl ImpModel {
 
     /// Token ids of a rendered prompt, one `image_token_id` per `<image>` marker.
     pub fn tokenize_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
-        template::tokenize_prompt(
+        crate::template::tokenize_prompt(
             &self.tokenizer,
             prompt,
             self.bos_token_id,
@@ -280,44 +278,6 @@ fn apply_token_budget(config: &mut ImpConfig, options: &LoadOptions) -> Result<(
         )));
     }
     Ok(())
-}
-
-/// The ids the template and the generation loop need, after adding the special tokens the
-/// reference adds (`</s>` for Phi-2, `<image>` for all).
-pub(crate) struct SpecialTokens {
-    pub image: u32,
-    pub bos: Option<u32>,
-    pub stop: Vec<u32>,
-}
-
-impl SpecialTokens {
-    pub fn add_to(tokenizer: &mut ImpTokenizer, config: &ImpConfig) -> Result<Self> {
-        let family = config.decoder.family;
-        let added: &[&str] = match family {
-            Family::Phi2 => &["</s>", IMAGE_MARKER],
-            Family::Qwen2 | Family::Phi3 => &[IMAGE_MARKER],
-        };
-        let image = *tokenizer
-            .ensure_special_tokens(added)?
-            .last()
-            .expect("one id per token");
-        let bos = template::bos_token(family)
-            .map(|bos| {
-                tokenizer.token_id(bos).ok_or_else(|| {
-                    Error::Tokenizer(format!("the tokenizer has no BOS token `{bos}`"))
-                })
-            })
-            .transpose()?;
-        let mut stop = config.eos_token_ids.clone();
-        stop.extend(
-            template::stop_tokens(family)
-                .iter()
-                .filter_map(|t| tokenizer.token_id(t)),
-        );
-        stop.sort_unstable();
-        stop.dedup();
-        Ok(Self { image, bos, stop })
-    }
 }
 
 fn variant_name(config: &ImpConfig) -> &'static str {

@@ -3,14 +3,25 @@
 //! Model code asks for logical weights (a layer's fused qkv projection, its MLP input, ...) and
 //! gets back where they are stored. Separate q/k/v (HF Phi, Qwen2) and gate/up (Qwen2) matrices
 //! are stacked into the fused layout that phi-msft and Phi-3 store, so one decoder definition
-//! serves every style with one matmul per projection.
+//! serves every style with one matmul per projection. Names say where weights are, never how
+//! a block is built: that is [`Family`](crate::config::Family)'s to state.
 
 use std::fmt;
+use std::path::Path;
 
 use crate::quant::Part;
 use crate::{Error, Result};
 
-use super::Checkpoint;
+/// What is stored, without the data: enough to tell a naming style and to read the sizes a
+/// config leaves out. Every [`TensorSource`](crate::checkpoint::TensorSource) is one.
+pub trait TensorShapes {
+    /// The folder or file the tensors come from, for messages.
+    fn location(&self) -> &Path;
+    fn contains(&self, name: &str) -> bool;
+    fn tensor_names(&self) -> Box<dyn Iterator<Item = &str> + '_>;
+    /// The shape the model sees (a GGUF block format's zero padding excluded).
+    fn shape(&self, name: &str) -> Result<Vec<usize>>;
+}
 
 /// Where a logical weight is stored: one tensor, or several stacked along rows (dim 0).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,7 +157,7 @@ fn rms_norm(prefix: &str) -> NormNames {
 
 impl NamingStyle {
     /// Tells the style from the stored tensor names, checked against the config's `model_type`.
-    pub fn detect(checkpoint: &Checkpoint, model_type: &str) -> Result<Self> {
+    pub fn detect(checkpoint: &dyn TensorShapes, model_type: &str) -> Result<Self> {
         let msft = checkpoint.contains("transformer.embd.wte.weight");
         let hf = checkpoint.contains("model.embed_tokens.weight");
         let style = match (model_type, msft, hf) {
@@ -156,7 +167,7 @@ impl NamingStyle {
             ("imp_phi3", _, true) => Self::Phi3,
             _ => {
                 return Err(Error::Checkpoint {
-                    path: checkpoint.path().to_path_buf(),
+                    path: checkpoint.location().to_path_buf(),
                     message: format!(
                         "tensor names do not match model_type `{model_type}`: expected \
                          `model.embed_tokens.weight` or (Phi-2, phi-msft style) \
@@ -275,8 +286,12 @@ impl NamingStyle {
         }
     }
 
+    fn vision_layer_prefix(self) -> String {
+        format!("{}encoder.layers.", self.vision_prefix())
+    }
+
     pub fn vision_layer(self, index: usize) -> VisionLayerNames {
-        let p = format!("{}encoder.layers.{index}", self.vision_prefix());
+        let p = format!("{}{index}", self.vision_layer_prefix());
         VisionLayerNames {
             norm1: layer_norm(&format!("{p}.layer_norm1")),
             qkv: stacked(
@@ -293,8 +308,8 @@ impl NamingStyle {
 
     /// Number of stored vision encoder layers (26 in the released models), which must be
     /// numbered 0..n without gaps.
-    pub fn count_vision_layers(self, checkpoint: &Checkpoint) -> Result<usize> {
-        let prefix = format!("{}encoder.layers.", self.vision_prefix());
+    pub fn count_vision_layers(self, checkpoint: &dyn TensorShapes) -> Result<usize> {
+        let prefix = self.vision_layer_prefix();
         let mut indices: Vec<usize> = checkpoint
             .tensor_names()
             .filter_map(|name| name.strip_prefix(&prefix))
@@ -306,6 +321,12 @@ impl NamingStyle {
             return Err(Error::tensor(
                 format!("{prefix}{expected}.*"),
                 format!("missing: vision layers are numbered with a gap (found layer {found})"),
+            ));
+        }
+        if indices.is_empty() {
+            return Err(Error::tensor(
+                format!("{prefix}0.*"),
+                "missing: the checkpoint stores no vision encoder layers",
             ));
         }
         Ok(indices.len())

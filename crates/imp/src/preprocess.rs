@@ -33,6 +33,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
 
+use crate::config::AspectMode;
 use crate::{Error, Result};
 
 /// Largest accepted image side, in pixels.
@@ -47,27 +48,6 @@ const PNG_IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60
 
 /// LLaVA pads with `tuple(int(x * 255) for x in image_mean)`, and Imp's mean is 0.5.
 const PAD_FILL: u8 = 127;
-
-/// How a non-square image becomes square, from the model config's `image_aspect_ratio`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AspectMode {
-    /// `"square"`: resize straight to S×S, distorting the aspect ratio.
-    Squash,
-    /// `"pad"`: centre on a grey square first (LLaVA `expand2square`).
-    Pad,
-}
-
-impl AspectMode {
-    pub fn from_config(value: &str) -> Result<Self> {
-        match value {
-            "square" => Ok(Self::Squash),
-            "pad" => Ok(Self::Pad),
-            other => Err(Error::InvalidArgument(format!(
-                "image_aspect_ratio `{other}` is not supported (expected \"square\" or \"pad\")"
-            ))),
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImagePreprocessor {

@@ -12,7 +12,7 @@
 use candle_core::{DType, Device, Tensor};
 use sha2::{Digest, Sha256};
 
-use crate::llm::DecoderConfig;
+use crate::config::DecoderConfig;
 use crate::Result;
 
 /// Names an image's projected rows for prefix reuse: equal ids must mean equal rows.

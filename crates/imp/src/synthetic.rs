@@ -16,10 +16,9 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use crate::checkpoint::names::{LinearNames, NormNames};
-use crate::checkpoint::{NamingStyle, Source};
-use crate::config::ConfigFiles;
-use crate::llm::Family;
+use crate::checkpoint::TensorSource;
+use crate::config::{ConfigFiles, Family};
+use crate::names::{LinearNames, NamingStyle, NormNames, Source, TensorShapes};
 use crate::quant::{self, Matrix};
 use crate::tokenizer::ImpTokenizer;
 use crate::{Error, Result};
@@ -332,24 +331,64 @@ impl SyntheticCheckpoint {
         }
     }
 
-    pub fn label(&self) -> &Path {
+    fn spec(&self, name: &str) -> Result<&(Vec<usize>, Fill)> {
+        self.specs.get(name).ok_or_else(|| {
+            Error::tensor(
+                name,
+                format!("is not part of the {} preset", self.preset.name()),
+            )
+        })
+    }
+
+    /// Each tensor's values depend only on its name and the seed, not on the load order.
+    fn tensor_seed(&self, name: &str) -> u64 {
+        name.bytes()
+            .fold(self.seed ^ 0x9e37_79b9_7f4a_7c15, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            })
+    }
+}
+
+impl TensorShapes for SyntheticCheckpoint {
+    fn location(&self) -> &Path {
         &self.label
     }
 
-    pub fn contains(&self, name: &str) -> bool {
+    fn contains(&self, name: &str) -> bool {
         self.specs.contains_key(name)
     }
 
-    pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
-        self.specs.keys().map(String::as_str)
+    fn tensor_names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        Box::new(self.specs.keys().map(String::as_str))
     }
 
-    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+    fn shape(&self, name: &str) -> Result<Vec<usize>> {
         Ok(self.spec(name)?.0.clone())
+    }
+}
+
+impl TensorSource for SyntheticCheckpoint {
+    fn config_files(&self) -> Result<ConfigFiles> {
+        let text = |value: &Value| serde_json::to_string(value).expect("JSON of plain values");
+        Ok(ConfigFiles {
+            root: self.label.clone(),
+            config: text(&config_json(self.preset)),
+            generation: None,
+            vision: (self.preset == Preset::ImpV15_3b196).then(|| {
+                (
+                    "siglip-so400m-patch14-196/config.json".to_owned(),
+                    text(&vision_json(196)),
+                )
+            }),
+        })
+    }
+
+    fn tokenizer(&self) -> Result<ImpTokenizer> {
+        ImpTokenizer::from_dir(&self.tokenizer_dir)
     }
 
     /// Everything is drawn in the release's storage dtype.
-    pub fn storage_dtypes(&self) -> BTreeMap<String, usize> {
+    fn storage_dtypes(&self) -> BTreeMap<String, usize> {
         let elements = self
             .specs
             .values()
@@ -363,27 +402,8 @@ impl SyntheticCheckpoint {
         BTreeMap::from([(dtype.to_owned(), elements)])
     }
 
-    pub fn config_files(&self) -> ConfigFiles {
-        let text = |value: &Value| serde_json::to_string(value).expect("JSON of plain values");
-        ConfigFiles {
-            root: self.label.clone(),
-            config: text(&config_json(self.preset)),
-            generation: None,
-            vision: (self.preset == Preset::ImpV15_3b196).then(|| {
-                (
-                    "siglip-so400m-patch14-196/config.json".to_owned(),
-                    text(&vision_json(196)),
-                )
-            }),
-        }
-    }
-
-    pub fn tokenizer(&self) -> Result<ImpTokenizer> {
-        ImpTokenizer::from_dir(&self.tokenizer_dir)
-    }
-
     /// A dense tensor with the preset's values for `name`.
-    pub fn load_dense(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+    fn load_dense(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
         let (shape, fill) = self.spec(name)?;
         let len = shape.iter().product();
         let values = match fill {
@@ -396,18 +416,22 @@ impl SyntheticCheckpoint {
 
     /// A weight matrix `[out, width]` in `format`: block formats quantize a tile of rows once
     /// and repeat its bytes.
-    pub fn matrix(
+    fn matrix(
         &self,
         source: &Source,
         out: usize,
         width: usize,
-        format: GgmlDType,
+        format: Option<GgmlDType>,
         device: &Device,
-    ) -> Result<Matrix> {
+    ) -> Result<Option<Matrix>> {
+        // Without a format the loader reads the dense tensor.
+        let Some(format) = format else {
+            return Ok(None);
+        };
         let seed = self.tensor_seed(source.names()[0]);
         if quant::float_dtype(format).is_some() {
             let full = Tensor::from_vec(draw(seed, out * width), (out, width), device)?;
-            return Matrix::convert(&full, format);
+            return Matrix::convert(&full, format).map(Some);
         }
         let tile_rows = out.min(BLOCK_TILE_ROWS);
         let tile = Tensor::from_vec(draw(seed, tile_rows * width), (tile_rows, width), device)?;
@@ -425,29 +449,12 @@ impl SyntheticCheckpoint {
             let take = (out * row_bytes - all.len()).min(bytes.len());
             all.extend_from_slice(&bytes[..take]);
         }
-        Ok(Matrix::Blocks(ggml_file::qtensor_from_ggml(
+        Ok(Some(Matrix::Blocks(ggml_file::qtensor_from_ggml(
             format,
             &all,
             vec![out, padded],
             device,
-        )?))
-    }
-
-    fn spec(&self, name: &str) -> Result<&(Vec<usize>, Fill)> {
-        self.specs.get(name).ok_or_else(|| {
-            Error::tensor(
-                name,
-                format!("is not part of the {} preset", self.preset.name()),
-            )
-        })
-    }
-
-    /// Each tensor's values depend only on its name and the seed, not on the load order.
-    fn tensor_seed(&self, name: &str) -> u64 {
-        name.bytes()
-            .fold(self.seed ^ 0x9e37_79b9_7f4a_7c15, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            })
+        )?)))
     }
 }
 
@@ -592,7 +599,6 @@ fn copy_tokenizer(from: &Path, to: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::Checkpoint;
     use crate::config::ImpConfig;
 
     fn tokenizer(preset: Preset) -> PathBuf {
@@ -610,9 +616,8 @@ mod tests {
     fn every_preset_configures_like_a_release() {
         for preset in Preset::ALL {
             let synthetic = SyntheticCheckpoint::new(preset, &tokenizer(preset), 1);
-            let files = synthetic.config_files();
-            let checkpoint = Checkpoint::Synthetic(synthetic);
-            let config = ImpConfig::load(&files, &checkpoint).unwrap();
+            let files = synthetic.config_files().unwrap();
+            let config = ImpConfig::load(&files, &synthetic).unwrap();
             let s = preset.shape();
             assert_eq!(config.decoder.hidden_size, s.hidden, "{}", preset.name());
             assert_eq!(config.decoder.num_layers, s.layers);
@@ -628,7 +633,8 @@ mod tests {
         let source = preset.style().projector().fc1.weight;
         let (out, width) = (preset.shape().hidden, VISION_HIDDEN);
         let Matrix::Blocks(blocks) = synthetic
-            .matrix(&source, out, width, GgmlDType::Q8_0, &Device::Cpu)
+            .matrix(&source, out, width, Some(GgmlDType::Q8_0), &Device::Cpu)
+            .unwrap()
             .unwrap()
         else {
             panic!("q8_0 is a block format");

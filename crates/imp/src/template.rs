@@ -1,9 +1,9 @@
 //! Prompt templates of the Imp models (MILVLG/imp `conversation.py`) and the reference's way of
 //! tokenizing a prompt around its `<image>` markers.
 
-use crate::llm::Family;
+use crate::config::{Family, ImpConfig};
 use crate::tokenizer::ImpTokenizer;
-use crate::Result;
+use crate::{Error, Result};
 
 /// The marker that stands for one image's rows in a prompt.
 pub const IMAGE_MARKER: &str = "<image>";
@@ -148,4 +148,42 @@ pub fn tokenize_prompt(
         }
     }
     Ok(ids)
+}
+
+/// The ids the template and the generation loop need, after adding the special tokens the
+/// reference adds (`</s>` for Phi-2, `<image>` for all).
+pub struct SpecialTokens {
+    pub image: u32,
+    pub bos: Option<u32>,
+    pub stop: Vec<u32>,
+}
+
+impl SpecialTokens {
+    pub fn add_to(tokenizer: &mut ImpTokenizer, config: &ImpConfig) -> Result<Self> {
+        let family = config.decoder.family;
+        let added: &[&str] = match family {
+            Family::Phi2 => &["</s>", IMAGE_MARKER],
+            Family::Qwen2 | Family::Phi3 => &[IMAGE_MARKER],
+        };
+        let image = *tokenizer
+            .ensure_special_tokens(added)?
+            .last()
+            .expect("one id per token");
+        let bos = bos_token(family)
+            .map(|bos| {
+                tokenizer.token_id(bos).ok_or_else(|| {
+                    Error::Tokenizer(format!("the tokenizer has no BOS token `{bos}`"))
+                })
+            })
+            .transpose()?;
+        let mut stop = config.eos_token_ids.clone();
+        stop.extend(
+            stop_tokens(family)
+                .iter()
+                .filter_map(|t| tokenizer.token_id(t)),
+        );
+        stop.sort_unstable();
+        stop.dedup();
+        Ok(Self { image, bos, stop })
+    }
 }

@@ -3,13 +3,13 @@
 //! SIMD path this CPU runs against the scalar path.
 
 use candle_core::{DType, Device, Tensor};
-use imp::attention::{attend, attend_candle};
 use imp::kernels::flash::{self, Heads, Visibility};
 use imp::kernels::gelu::{gelu, gelu_erf, gelu_slice, Gelu};
 use imp::kernels::host::fast_path;
 use imp::kernels::norm::{layer_norm_slice, rms_norm_slice};
 use imp::kernels::simd::Isa;
-use imp::norm::Norm;
+use imp::nn::attention::{attend, attend_candle};
+use imp::nn::Norm;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

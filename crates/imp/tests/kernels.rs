@@ -8,7 +8,7 @@
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use imp::kernels::q4::{Isa, PackedQ4K, PackedQ4_0};
-use imp::linear::Linear;
+use imp::nn::Linear;
 use imp::quant::Matrix;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

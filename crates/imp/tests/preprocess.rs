@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use image::RgbImage;
-use imp::preprocess::{
-    decode_rgb, load_rgb, pil_bicubic_resize, AspectMode, ImagePreprocessor, MAX_SIDE,
-};
+use imp::config::AspectMode;
+use imp::preprocess::{decode_rgb, load_rgb, pil_bicubic_resize, ImagePreprocessor, MAX_SIDE};
 use imp::Error;
 use serde::Deserialize;
 

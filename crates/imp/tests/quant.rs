@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use imp::checkpoint::gguf;
 use imp::quant::report::{quality_report, ReportInput};
 use imp::quant::{self, Part, Quantization};
+use imp::quantize;
 use imp::{generate, Generation, GenerationOptions, ImpModel, LoadOptions, Prompt};
 use serde::Deserialize;
 
@@ -82,7 +82,7 @@ fn answer(model: &ImpModel, name: &str) -> Generation {
 }
 
 fn write_gguf(name: &str, plan: &Quantization, out: &Path) {
-    gguf::write(&model_dir(name), plan, out, &mut |_, _, _| {})
+    quantize::write_gguf(&model_dir(name), plan, out, &mut |_, _, _| {})
         .unwrap_or_else(|e| panic!("{name}: {e}"));
 }
 
@@ -292,7 +292,7 @@ fn a_gguf_file_is_used_as_stored() {
     assert!(err.contains("already quantized"), "{err}");
 
     let again = dir.path().join("again.gguf");
-    let err = gguf::write(
+    let err = quantize::write_gguf(
         &file,
         &Quantization::all(GgmlDType::Q4_0),
         &again,
@@ -307,7 +307,7 @@ fn a_gguf_file_is_used_as_stored() {
 fn a_gguf_file_needs_a_format_for_every_part() {
     let dir = tempfile::tempdir().unwrap();
     let plan = Quantization::from_names(None, Some("q4_k"), None, None).unwrap();
-    let err = gguf::write(
+    let err = quantize::write_gguf(
         &model_dir("imp-v1-3b"),
         &plan,
         &dir.path().join("x.gguf"),

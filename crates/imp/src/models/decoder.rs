@@ -1,77 +1,42 @@
 //! The language model: one decoder definition for Phi-2, Qwen2 and Phi-3.
 //!
-//! The three differ only in a few structural choices, carried by [`Family`]:
+//! The three differ only in a few structural choices, which [`Family`](crate::config::Family)
+//! states:
 //! - Phi-2: LayerNorm, a parallel block (`x + attn(ln(x)) + mlp(ln(x))`), GELU-tanh MLP,
 //!   partial rotary (the first 32 of 80 head dims), biases everywhere;
 //! - Qwen2 / Phi-3: RMSNorm, sequential pre-norm blocks, SwiGLU MLP, full rotary.
 //!
-//! Per-conversation state lives in a [`Session`], so the decoder itself is immutable.
+//! Where the biases are, and how each style names and fuses its matrices, is
+//! [`crate::names`]' business. Per-conversation state lives in a [`Session`], so the decoder
+//! itself is immutable.
 
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 
-use crate::attention::{attend, Rotary};
-use crate::checkpoint::{NamingStyle, Weights};
-use crate::kernels::gelu::gelu;
-use crate::linear::{Embedding, Linear};
-use crate::norm::Norm;
+use crate::checkpoint::Weights;
+use crate::config::{Block, DecoderConfig, Mlp};
+use crate::names::{NamingStyle, NormNames};
+use crate::nn::act::{gelu_tanh, silu};
+use crate::nn::attention::{attend, Rotary};
+use crate::nn::{Embedding, Linear, Norm};
 use crate::session::Session;
 use crate::{Error, Result};
 
-/// Which base language model an Imp checkpoint wraps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    Phi2,
-    Qwen2,
-    Phi3,
-}
-
-impl Family {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Phi2 => "Phi-2",
-            Self::Qwen2 => "Qwen1.5 (Qwen2 architecture)",
-            Self::Phi3 => "Phi-3-mini",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct DecoderConfig {
-    pub family: Family,
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_layers: usize,
-    pub num_heads: usize,
-    pub num_kv_heads: usize,
-    pub head_dim: usize,
-    /// Leading head dims that rotate (Phi-2: 32 of 80; the others: all).
-    pub rotary_dim: usize,
-    pub rope_theta: f64,
-    pub norm_eps: f64,
-}
-
-impl DecoderConfig {
-    fn qkv_rows(&self) -> usize {
-        (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
-    }
-
-    fn mlp_in_rows(&self) -> usize {
-        match self.family {
-            Family::Phi2 => self.intermediate_size,
-            Family::Qwen2 | Family::Phi3 => 2 * self.intermediate_size,
-        }
-    }
-}
-
 struct DecoderLayer {
-    attn_norm: Norm,
-    /// `None` for the parallel block, which reuses `attn_norm`.
-    mlp_norm: Option<Norm>,
+    norms: BlockNorms,
     qkv: Linear,
     attn_out: Linear,
     mlp_in: Linear,
     mlp_out: Linear,
+}
+
+/// The norms of one layer, as its family's [`Block`] uses them.
+enum BlockNorms {
+    /// One norm feeds both attention and MLP.
+    Parallel(Norm),
+    Sequential {
+        attn: Norm,
+        mlp: Norm,
+    },
 }
 
 pub struct Decoder {
@@ -95,17 +60,28 @@ impl Decoder {
     ) -> Result<Self> {
         let h = config.hidden_size;
         let names = style.decoder();
+        let norm_kind = config.family.norm();
+        let norm = |names: &NormNames| weights.norm(names, norm_kind, h, config.norm_eps);
         let embed_tokens = weights.embedding(&names.embed_tokens, config.vocab_size, h)?;
         let layers = (0..config.num_layers)
             .map(|i| {
                 let n = style.decoder_layer(i);
+                let norms = match (config.family.block(), &n.mlp_norm) {
+                    (Block::Parallel, _) => BlockNorms::Parallel(norm(&n.attn_norm)?),
+                    (Block::Sequential, Some(mlp_norm)) => BlockNorms::Sequential {
+                        attn: norm(&n.attn_norm)?,
+                        mlp: norm(mlp_norm)?,
+                    },
+                    (Block::Sequential, None) => {
+                        return Err(Error::tensor(
+                            n.attn_norm.weight.as_str(),
+                            "belongs to a sequential block, but the naming style gives no \
+                             second norm",
+                        ))
+                    }
+                };
                 Ok(DecoderLayer {
-                    attn_norm: weights.norm(&n.attn_norm, h, config.norm_eps)?,
-                    mlp_norm: n
-                        .mlp_norm
-                        .as_ref()
-                        .map(|m| weights.norm(m, h, config.norm_eps))
-                        .transpose()?,
+                    norms,
                     qkv: weights.linear(&n.qkv, config.qkv_rows(), h)?,
                     attn_out: weights.linear(&n.attn_out, h, config.num_heads * config.head_dim)?,
                     mlp_in: weights.linear(&n.mlp_in, config.mlp_in_rows(), h)?,
@@ -117,7 +93,7 @@ impl Decoder {
             config: config.clone(),
             embed_tokens,
             layers,
-            final_norm: weights.norm(&names.final_norm, h, config.norm_eps)?,
+            final_norm: norm(&names.final_norm)?,
             lm_head: weights.linear(&names.lm_head, config.vocab_size, h)?,
             rotary: Rotary::new(
                 config.rotary_dim,
@@ -170,9 +146,11 @@ impl Decoder {
                 limit: self.rotary.max_positions(),
             });
         }
+        let _span = tracing::trace_span!("decoder", tokens).entered();
         session.reserve(end)?;
         let mut x = embeds.unsqueeze(0)?;
         for (index, layer) in self.layers.iter().enumerate() {
+            let _span = tracing::trace_span!("decoder_layer", index).entered();
             x = layer.forward(&x, index, start, session, self)?;
         }
         session.advance(tokens);
@@ -181,6 +159,7 @@ impl Decoder {
 
     /// Next-token logits in f32 for the given hidden rows `[n, hidden] -> [n, vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let _span = tracing::trace_span!("lm_head").entered();
         Ok(self.lm_head.forward(hidden)?.to_dtype(DType::F32)?)
     }
 
@@ -200,17 +179,18 @@ impl DecoderLayer {
         session: &mut Session,
         decoder: &Decoder,
     ) -> Result<Tensor> {
-        let normed = self.attn_norm.forward(x)?;
-        let attn = self.attention(&normed, index, start, session, decoder)?;
-        match &self.mlp_norm {
-            None => {
-                let mlp = self.mlp(&normed, decoder.config.family)?;
+        let mlp_kind = decoder.config.family.mlp();
+        match &self.norms {
+            BlockNorms::Parallel(norm) => {
+                let normed = norm.forward(x)?;
+                let attn = self.attention(&normed, index, start, session, decoder)?;
+                let mlp = self.mlp(&normed, mlp_kind)?;
                 Ok(((x + attn)? + mlp)?)
             }
-            Some(mlp_norm) => {
-                let x = (x + attn)?;
-                let mlp = self.mlp(&mlp_norm.forward(&x)?, decoder.config.family)?;
-                Ok((x + mlp)?)
+            BlockNorms::Sequential { attn, mlp } => {
+                let h = (x + self.attention(&attn.forward(x)?, index, start, session, decoder)?)?;
+                let out = self.mlp(&mlp.forward(&h)?, mlp_kind)?;
+                Ok((h + out)?)
             }
         }
     }
@@ -223,6 +203,7 @@ impl DecoderLayer {
         session: &mut Session,
         decoder: &Decoder,
     ) -> Result<Tensor> {
+        let _span = tracing::trace_span!("attention").entered();
         let cfg = &decoder.config;
         let (_, tokens, _) = x.dims3()?;
         let (heads, kv_heads, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -245,15 +226,16 @@ impl DecoderLayer {
         self.attn_out.forward(&out)
     }
 
-    fn mlp(&self, x: &Tensor, family: Family) -> Result<Tensor> {
+    fn mlp(&self, x: &Tensor, kind: Mlp) -> Result<Tensor> {
+        let _span = tracing::trace_span!("mlp").entered();
         let h = self.mlp_in.forward(x)?;
-        let h = match family {
-            Family::Phi2 => gelu(&h)?,
-            Family::Qwen2 | Family::Phi3 => {
+        let h = match kind {
+            Mlp::Gelu => gelu_tanh(&h)?,
+            Mlp::SwiGlu => {
                 let inner = h.dim(D::Minus1)? / 2;
                 let gate = h.narrow(D::Minus1, 0, inner)?;
                 let up = h.narrow(D::Minus1, inner, inner)?;
-                (candle_nn::ops::silu(&gate)? * up)?
+                (silu(&gate)? * up)?
             }
         };
         self.mlp_out.forward(&h)

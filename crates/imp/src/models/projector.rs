@@ -3,18 +3,12 @@
 
 use candle_core::Tensor;
 
-use crate::checkpoint::{NamingStyle, Weights};
-use crate::kernels::gelu::gelu_erf;
-use crate::linear::Linear;
+use crate::checkpoint::Weights;
+use crate::config::ProjectorConfig;
+use crate::names::NamingStyle;
+use crate::nn::act::gelu_erf;
+use crate::nn::Linear;
 use crate::Result;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProjectorConfig {
-    /// SigLIP hidden size (`mm_hidden_size`).
-    pub input_size: usize,
-    /// The language model's hidden size.
-    pub output_size: usize,
-}
 
 pub struct Projector {
     fc1: Linear,
@@ -32,6 +26,7 @@ impl Projector {
 
     /// `[tokens, input_size] -> [tokens, output_size]`.
     pub fn forward(&self, features: &Tensor) -> Result<Tensor> {
+        let _span = tracing::trace_span!("projector").entered();
         self.fc2.forward(&gelu_erf(&self.fc1.forward(features)?)?)
     }
 }

@@ -4,58 +4,13 @@
 
 use candle_core::Tensor;
 
-use crate::attention::attend;
-use crate::kernels::gelu::gelu;
-
-use crate::checkpoint::{NamingStyle, Weights};
-use crate::linear::Linear;
-use crate::norm::Norm;
+use crate::checkpoint::Weights;
+use crate::config::{NormKind, VisionConfig};
+use crate::names::NamingStyle;
+use crate::nn::act::gelu_tanh;
+use crate::nn::attention::attend;
+use crate::nn::{Linear, Norm};
 use crate::Result;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct VisionConfig {
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_heads: usize,
-    /// Layers stored in the checkpoint, all of which run.
-    pub num_layers: usize,
-    pub patch_size: usize,
-    /// Pixels a side the image is resized to; may differ from the trained size.
-    pub image_size: usize,
-    /// Patches a side of the stored position table (the trained grid).
-    pub position_grid: usize,
-    pub layer_norm_eps: f64,
-}
-
-impl VisionConfig {
-    /// google/siglip-so400m-patch14-384 with Imp's last layer removed.
-    pub fn so400m() -> Self {
-        Self {
-            hidden_size: 1152,
-            intermediate_size: 4304,
-            num_heads: 16,
-            num_layers: 26,
-            patch_size: 14,
-            image_size: 384,
-            position_grid: 27,
-            layer_norm_eps: 1e-6,
-        }
-    }
-
-    /// Patches per side; pixels beyond `grid * patch` (6 of so400m's 384) are never seen.
-    pub fn grid_size(&self) -> usize {
-        self.image_size / self.patch_size
-    }
-
-    /// Visual tokens per image: one per patch.
-    pub fn num_patches(&self) -> usize {
-        self.grid_size() * self.grid_size()
-    }
-
-    pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_heads
-    }
-}
 
 struct EncoderLayer {
     norm1: Norm,
@@ -94,10 +49,10 @@ impl VisionTower {
                 let n = style.vision_layer(i);
                 let eps = config.layer_norm_eps;
                 Ok(EncoderLayer {
-                    norm1: weights.norm(&n.norm1, c, eps)?,
+                    norm1: weights.norm(&n.norm1, NormKind::LayerNorm, c, eps)?,
                     qkv: weights.linear(&n.qkv, 3 * c, c)?,
                     attn_out: weights.linear(&n.attn_out, c, c)?,
-                    norm2: weights.norm(&n.norm2, c, eps)?,
+                    norm2: weights.norm(&n.norm2, NormKind::LayerNorm, c, eps)?,
                     fc1: weights.linear(&n.fc1, config.intermediate_size, c)?,
                     fc2: weights.linear(&n.fc2, c, config.intermediate_size)?,
                 })
@@ -117,6 +72,7 @@ impl VisionTower {
 
     /// `pixels[1, 3, S, S]` (normalised) -> patch features `[num_patches, hidden]`.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let _span = tracing::trace_span!("vision").entered();
         let cfg = &self.config;
         let (g, p) = (cfg.grid_size(), cfg.patch_size);
         let dtype = self.position_embedding.dtype();
@@ -133,7 +89,8 @@ impl VisionTower {
             .patch_embedding
             .forward(&patches)?
             .add(&self.position_embedding)?;
-        for layer in &self.layers {
+        for (index, layer) in self.layers.iter().enumerate() {
+            let _span = tracing::trace_span!("vision_layer", index).entered();
             x = layer.forward(&x, cfg)?;
         }
         Ok(x)
@@ -142,9 +99,13 @@ impl VisionTower {
 
 impl EncoderLayer {
     fn forward(&self, x: &Tensor, cfg: &VisionConfig) -> Result<Tensor> {
-        let attn = self.attention(&self.norm1.forward(x)?, cfg)?;
+        let attn = {
+            let _span = tracing::trace_span!("attention").entered();
+            self.attention(&self.norm1.forward(x)?, cfg)?
+        };
         let x = (x + attn)?;
-        let h = gelu(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
+        let _span = tracing::trace_span!("mlp").entered();
+        let h = gelu_tanh(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
         Ok((x + self.fc2.forward(&h)?)?)
     }
 

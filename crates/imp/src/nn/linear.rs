@@ -84,6 +84,7 @@ impl Linear {
 
     /// `x[.., in] -> [.., out]`, in the dtype of `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _span = tracing::trace_span!("linear", out = self.out_features).entered();
         let dtype = x.dtype();
         let padding = self.stored_in - self.in_features;
         let y = match &self.weight {

@@ -22,6 +22,7 @@ impl Norm {
 
     /// Our fused kernels for CPU inference, candle's ops otherwise (other devices, training).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _span = tracing::trace_span!("norm").entered();
         Ok(match self {
             Self::Layer(norm) => match norm.bias() {
                 Some(bias) if fast_path(&[x, norm.weight(), bias]) => {

@@ -11,9 +11,9 @@ use image::RgbImage;
 use serde::Serialize;
 
 use super::Quantization;
-use crate::model::{ImpModel, LoadOptions};
 use crate::template::Prompt;
 use crate::{Error, Result};
+use crate::{ImpModel, LoadOptions};
 
 /// The image questions: every question is asked about every image.
 pub struct ReportInput {
