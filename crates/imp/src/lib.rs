@@ -7,11 +7,9 @@
 //! each checkpoint style's tensor names; [`config`] turns `config.json` into typed configs.
 
 pub mod attention;
-pub mod bandwidth;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
-pub mod eval;
 pub mod generate;
 pub mod hub;
 pub mod kernels;
