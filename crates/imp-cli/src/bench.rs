@@ -89,7 +89,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         None => (!args.no_image).then(generated_image),
     };
     let threads = candle_core::utils::get_num_threads();
-    let bandwidth = imp::bandwidth::read_bandwidth(threads, PROBE_BYTES, 5);
+    let bandwidth = imp_tools::bandwidth::read_bandwidth(threads, PROBE_BYTES, 5);
 
     let options = crate::load_options(&args.load)?;
     let start = Instant::now();

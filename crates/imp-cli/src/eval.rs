@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use imp::eval::answers::{merge, Shard};
-use imp::eval::prompts::load_questions;
-use imp::eval::report::{read_reports, Comparison};
-use imp::eval::run::{check_images, model_answerer, run as run_questions, RunOptions};
-use imp::eval::score::{score, ScoreInputs};
-use imp::eval::Benchmark;
+use imp_tools::eval::answers::{merge, Shard};
+use imp_tools::eval::prompts::load_questions;
+use imp_tools::eval::report::{read_reports, Comparison};
+use imp_tools::eval::run::{check_images, model_answerer, run as run_questions, RunOptions};
+use imp_tools::eval::score::{score, ScoreInputs};
+use imp_tools::eval::Benchmark;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Subcommand)]
@@ -107,11 +107,11 @@ pub struct ReportArgs {
 }
 
 fn parse_benchmark(s: &str) -> Result<Benchmark, String> {
-    s.parse().map_err(|e: imp::Error| e.to_string())
+    s.parse().map_err(|e: imp_tools::Error| e.to_string())
 }
 
 fn parse_shard(s: &str) -> Result<Shard, String> {
-    s.parse().map_err(|e: imp::Error| e.to_string())
+    s.parse().map_err(|e: imp_tools::Error| e.to_string())
 }
 
 pub fn run(command: EvalCommand) -> Result<()> {

@@ -51,13 +51,6 @@ pub enum Error {
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
-
-    #[error("{}:{line}: {message}", path.display())]
-    Eval {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
 }
 
 impl Error {

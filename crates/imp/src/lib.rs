@@ -40,8 +40,6 @@ pub mod template;
 pub mod tokenizer;
 
 // Moving to crates of their own.
-pub mod bandwidth;
-pub mod eval;
 pub mod kernels;
 pub mod synthetic;
 

@@ -15,7 +15,8 @@ use serde::Serialize;
 use super::answers::{match_answers, AnswerLine};
 use super::error_at;
 use super::files::read_jsonl;
-use super::prompts::{string_field, Question};
+use super::prompts::string_field;
+use super::question::Question;
 use crate::{Error, Result};
 
 /// The reference's yes/no reading of an answer.

@@ -26,7 +26,7 @@ pub fn grader_input(answers: &[AnswerLine]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eval::answers::QuestionId;
+    use crate::eval::question::QuestionId;
 
     #[test]
     fn grader_input_keys_and_order() {

@@ -6,12 +6,13 @@ use std::path::Path;
 
 use base64::Engine;
 use image::RgbImage;
+use imp::preprocess::{decode_rgb, load_rgb};
+use imp::{generate, GenerationOptions, ImpModel, Prompt};
 
 use super::answers::{AnswerFile, AnswerLine, Shard};
 use super::error_at;
-use super::prompts::{ImageRef, Question};
-use crate::preprocess::{decode_rgb, load_rgb};
-use crate::{generate, GenerationOptions, ImpModel, Prompt, Result};
+use super::question::{ImageRef, Question};
+use crate::{Error, Result};
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -90,12 +91,12 @@ pub fn run(
 
 fn load_image(image: &ImageRef, images: &Path) -> Result<RgbImage> {
     match image {
-        ImageRef::File(name) => load_rgb(&images.join(name)),
+        ImageRef::File(name) => Ok(load_rgb(&images.join(name))?),
         ImageRef::Embedded(data) => {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(data.trim())
-                .map_err(|e| crate::Error::image("embedded image", format!("bad base64: {e}")))?;
-            decode_rgb(&bytes, "embedded image")
+                .map_err(|e| Error::image("embedded image", format!("bad base64: {e}")))?;
+            Ok(decode_rgb(&bytes, "embedded image")?)
         }
     }
 }

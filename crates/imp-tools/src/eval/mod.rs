@@ -1,8 +1,8 @@
 //! The benchmarks of the Imp paper, run and scored the way LLaVA-1.5's evaluation suite (which
 //! Imp follows, imp: docs/Evaluation.md) does it.
 //!
-//! [`prompts`] reads a benchmark's question file (LLaVA's formats) and builds each prompt as the
-//! reference scripts do; [`run`] answers them with any answerer, appending LLaVA-format lines
+//! [`prompts`] reads a benchmark's question file (LLaVA's formats) into [`question`]s and builds
+//! each prompt as the reference scripts do; [`run`] answers them with any answerer, appending LLaVA-format lines
 //! ([`answers`]) so that an interrupted run resumes and shards merge. Scoring follows each
 //! benchmark's official rules: [`pope`], [`scienceqa`], [`vqa`] (TextVQA, VQAv2, VizWiz with
 //! the EvalAI normalisation of [`answer_norm`]), [`gqa`], [`mme`], [`mmbench`] and [`mmvet`]
@@ -17,6 +17,7 @@ pub mod mme;
 pub mod mmvet;
 pub mod pope;
 pub mod prompts;
+pub mod question;
 pub mod report;
 pub mod run;
 pub mod scienceqa;
@@ -115,7 +116,7 @@ impl FromStr for Benchmark {
 
 /// An error about one line of an input file.
 pub(crate) fn error_at(path: &Path, line: usize, message: impl Into<String>) -> Error {
-    Error::Eval {
+    Error::AtLine {
         path: path.to_path_buf(),
         line,
         message: message.into(),

@@ -5,21 +5,42 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use imp::eval::answers::{merge, read_answers, AnswerLine, QuestionId, Shard};
-use imp::eval::prompts::{load_questions, Question};
-use imp::eval::run::{model_answerer, run, Progress, RunOptions};
-use imp::eval::Benchmark;
+use image::RgbImage;
 use imp::{ImpModel, LoadOptions};
+use imp_tools::eval::answers::{merge, read_answers, AnswerLine, Shard};
+use imp_tools::eval::prompts::load_questions;
+use imp_tools::eval::question::{Question, QuestionId};
+use imp_tools::eval::run::{model_answerer, run, Progress, RunOptions};
+use imp_tools::eval::Benchmark;
+
+use crate::support::{images, model_fixture};
 
 const MAX_NEW_TOKENS: usize = 4;
 
 fn model() -> ImpModel {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/imp-v1-3b");
-    ImpModel::load(&dir, &LoadOptions::default()).unwrap()
+    ImpModel::load(&model_fixture("imp-v1-3b"), &LoadOptions::default()).unwrap()
 }
 
-fn images() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images")
+/// What answers the questions of a run.
+type Answerer<'a> = dyn FnMut(&str, &[RgbImage]) -> imp_tools::Result<String> + 'a;
+
+/// Answers `questions` into `out` with `answer`, ignoring progress reports.
+fn answer_into(
+    questions: &[Question],
+    q_path: &Path,
+    out: &Path,
+    options: &RunOptions,
+    answer: &mut Answerer,
+) -> imp_tools::Result<Progress> {
+    run(
+        questions,
+        q_path,
+        &images(),
+        out,
+        options,
+        answer,
+        &mut |_| {},
+    )
 }
 
 /// Five POPE-style questions about the fixture images (two share an image, as in POPE).
@@ -122,21 +143,19 @@ fn run_resume_shard_and_merge() {
     let resumed = dir.path().join("resumed.jsonl");
     let mut answered = 0;
     let mut generate = model_answerer(&model, MAX_NEW_TOKENS);
-    let mut dies_after_two = |text: &str, images: &[image::RgbImage]| {
+    let mut dies_after_two = |text: &str, images: &[RgbImage]| {
         if answered == 2 {
-            return Err(imp::Error::InvalidArgument("killed".into()));
+            return Err(imp::Error::InvalidArgument("killed".into()).into());
         }
         answered += 1;
         generate(text, images)
     };
-    let err = run(
+    let err = answer_into(
         &questions,
         &q_path,
-        &images(),
         &resumed,
         &options(Shard::default()),
         &mut dies_after_two,
-        &mut |_| {},
     )
     .unwrap_err()
     .to_string();
@@ -159,18 +178,16 @@ fn run_resume_shard_and_merge() {
     // Resuming asks only the three unanswered questions.
     let mut asked = Vec::new();
     let mut generate = model_answerer(&model, MAX_NEW_TOKENS);
-    let mut counting = |text: &str, images: &[image::RgbImage]| {
+    let mut counting = |text: &str, images: &[RgbImage]| {
         asked.push(text.to_owned());
         generate(text, images)
     };
-    let done = run(
+    let done = answer_into(
         &questions,
         &q_path,
-        &images(),
         &resumed,
         &options(Shard::default()),
         &mut counting,
-        &mut |_| {},
     )
     .unwrap();
     assert_eq!(
@@ -188,17 +205,15 @@ fn run_resume_shard_and_merge() {
 
     // Running again changes nothing.
     let before = std::fs::read_to_string(&resumed).unwrap();
-    let mut never = |_: &str, _: &[image::RgbImage]| -> imp::Result<String> {
+    let mut never = |_: &str, _: &[RgbImage]| -> imp_tools::Result<String> {
         panic!("every question is answered")
     };
-    run(
+    answer_into(
         &questions,
         &q_path,
-        &images(),
         &resumed,
         &options(Shard::default()),
         &mut never,
-        &mut |_| {},
     )
     .unwrap();
     assert_eq!(std::fs::read_to_string(&resumed).unwrap(), before);
@@ -207,14 +222,12 @@ fn run_resume_shard_and_merge() {
     let mut shard_files = Vec::new();
     for index in 0..2 {
         let out = dir.path().join(format!("2_{index}.jsonl"));
-        let done = run(
+        let done = answer_into(
             &questions,
             &q_path,
-            &images(),
             &out,
             &options(Shard { index, count: 2 }),
             &mut model_answerer(&model, MAX_NEW_TOKENS),
-            &mut |_| {},
         )
         .unwrap();
         assert_eq!(done.total, [3, 2][index]);
@@ -234,17 +247,15 @@ fn run_resume_shard_and_merge() {
     );
 
     // A file of another model's answers is not resumed into.
-    let err = run(
+    let err = answer_into(
         &questions,
         &q_path,
-        &images(),
         &full,
         &RunOptions {
             model_id: "other".into(),
             shard: Shard::default(),
         },
         &mut never,
-        &mut |_| {},
     )
     .unwrap_err()
     .to_string();
@@ -265,18 +276,16 @@ fn missing_images_and_bad_lines_name_file_and_line() {
     )
     .unwrap();
     let questions = load_questions(Benchmark::Pope, &q_path).unwrap();
-    let mut never = |_: &str, _: &[image::RgbImage]| -> imp::Result<String> {
+    let mut never = |_: &str, _: &[RgbImage]| -> imp_tools::Result<String> {
         panic!("nothing is asked before the images are checked")
     };
     let out = dir.path().join("a.jsonl");
-    let err = run(
+    let err = answer_into(
         &questions,
         &q_path,
-        &images(),
         &out,
         &options(Shard::default()),
         &mut never,
-        &mut |_| {},
     )
     .unwrap_err()
     .to_string();
@@ -310,14 +319,12 @@ fn missing_images_and_bad_lines_name_file_and_line() {
     .unwrap();
     let questions = load_questions(Benchmark::Pope, &q_path).unwrap();
     std::fs::write(&out, "{\"question_id\": 1}\n").unwrap();
-    let err = run(
+    let err = answer_into(
         &questions,
         &q_path,
-        &images(),
         &out,
         &options(Shard::default()),
         &mut never,
-        &mut |_| {},
     )
     .unwrap_err()
     .to_string();
@@ -353,19 +360,17 @@ fn scienceqa_and_mmbench_prompts_reach_the_model() {
     assert_eq!(questions[0].prompt, questions[0].text);
     let mut seen_images = Vec::new();
     let mut generate = model_answerer(&model, MAX_NEW_TOKENS);
-    let mut recording = |text: &str, images: &[image::RgbImage]| {
+    let mut recording = |text: &str, images: &[RgbImage]| {
         seen_images.push(images.len());
         generate(text, images)
     };
     let out = dir.path().join("sqa.jsonl");
-    run(
+    answer_into(
         &questions,
         &sqa,
-        &images(),
         &out,
         &options(Shard::default()),
         &mut recording,
-        &mut |_| {},
     )
     .unwrap();
     assert_eq!(seen_images, vec![0, 1]);
@@ -387,14 +392,12 @@ fn scienceqa_and_mmbench_prompts_reach_the_model() {
         "A portrait.\nWho is shown?\nA. Grace Hopper\nB. Ada Lovelace"
     );
     let out = dir.path().join("mmbench.jsonl");
-    run(
+    answer_into(
         &questions,
         &tsv,
-        &images(),
         &out,
         &options(Shard::default()),
         &mut model_answerer(&model, MAX_NEW_TOKENS),
-        &mut |_| {},
     )
     .unwrap();
     let answers = read_answers(&out).unwrap();

@@ -2,74 +2,13 @@
 //! official rules (each case says how), the submission files, bad inputs, and `imp eval report`.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
 
-use imp::eval::report::Comparison;
-use imp::eval::score::{score, ScoreInputs, ScoreReport};
-use imp::eval::Benchmark;
+use imp_tools::eval::report::{read_reports, Comparison};
+use imp_tools::eval::score::score;
+use imp_tools::eval::Benchmark;
 use serde_json::{json, Value};
 
-struct Files {
-    dir: tempfile::TempDir,
-}
-
-impl Files {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    fn jsonl(&self, name: &str, records: &[Value]) -> PathBuf {
-        let text: String = records.iter().map(|r| format!("{r}\n")).collect();
-        self.write(name, &text)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
-
-fn answer(id: Value, prompt: &str, text: &str) -> Value {
-    json!({"question_id": id, "prompt": prompt, "text": text, "answer_id": "x", "model_id": "m", "metadata": {}})
-}
-
-fn inputs<'a>(
-    benchmark: Benchmark,
-    answers: &'a Path,
-    questions: Option<&'a Path>,
-    annotations: &'a [PathBuf],
-    submission: Option<&'a Path>,
-) -> ScoreInputs<'a> {
-    ScoreInputs {
-        benchmark,
-        answers,
-        questions,
-        annotations,
-        submission,
-        label: None,
-    }
-}
-
-fn metric(report: &ScoreReport, name: &str) -> f64 {
-    report
-        .metrics
-        .iter()
-        .find(|m| m.name == name)
-        .unwrap()
-        .value
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() < 1e-9
-}
+use crate::support::{answer, assert_metrics, assert_score_errors, inputs, Files};
 
 #[test]
 fn textvqa_soft_accuracy() {
@@ -104,31 +43,19 @@ fn textvqa_soft_accuracy() {
     ))
     .unwrap();
     // 1 (all ten say nikon) + 0.6 (two of ten, leave-one-out) + 0.9 ("two" → "2", three of ten).
-    assert!(
-        close(metric(&report, "accuracy"), 100.0 * 2.5 / 3.0),
-        "{report:?}"
-    );
+    assert_metrics(&report, &[("accuracy", 100.0 * 2.5 / 3.0)]);
 
-    let answers = f.jsonl(
+    let bad = f.jsonl(
         "bad.jsonl",
         &[
             answer(json!("img1"), &prompt("What brand?"), "Nikon."),
             answer(json!("img9"), &prompt("What brand?"), "Nikon."),
         ],
     );
-    let err = score(&inputs(
-        Benchmark::TextVqa,
-        &answers,
-        None,
-        &annotations,
-        None,
-    ))
-    .unwrap_err()
-    .to_string();
-    assert!(
-        err.contains("bad.jsonl:2: image img9 with question \"what brand?\" is not in"),
-        "{err}"
-    );
+    assert_score_errors(&[(
+        inputs(Benchmark::TextVqa, &bad, None, &annotations, None),
+        "bad.jsonl:2: image img9 with question \"what brand?\" is not in",
+    )]);
 }
 
 #[test]
@@ -159,19 +86,21 @@ fn vqav2_accuracy_and_test_dev_submission() {
         None,
     ))
     .unwrap();
-    assert!(close(metric(&report, "accuracy"), 95.0));
-    assert!(close(metric(&report, "accuracy yes/no"), 100.0));
-    assert!(close(metric(&report, "accuracy number"), 90.0));
+    assert_metrics(
+        &report,
+        &[
+            ("accuracy", 95.0),
+            ("accuracy yes/no", 100.0),
+            ("accuracy number", 90.0),
+        ],
+    );
 
     // The VQA API wants every annotated question answered.
     let one = f.jsonl("one.jsonl", &[answer(json!(1), "q", "Yes")]);
-    let err = score(&inputs(Benchmark::VqaV2, &one, None, &annotations, None))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("1 annotated questions have no answer"),
-        "{err}"
-    );
+    assert_score_errors(&[(
+        inputs(Benchmark::VqaV2, &one, None, &annotations, None),
+        "1 annotated questions have no answer",
+    )]);
 
     // test2015 holds more questions than test-dev answers: those get an empty answer.
     let questions = f.jsonl(
@@ -241,7 +170,7 @@ fn vizwiz_accuracy_and_submission() {
     ))
     .unwrap();
     // 1.0 and 0.3 (one of ten said red).
-    assert!(close(metric(&report, "accuracy"), 65.0));
+    assert_metrics(&report, &[("accuracy", 65.0)]);
     let written: Value = serde_json::from_str(&std::fs::read_to_string(&upload).unwrap()).unwrap();
     assert_eq!(
         written,
@@ -284,27 +213,28 @@ fn gqa_exact_match() {
     ))
     .unwrap();
     // q3 is not balanced and needs no prediction; "Yes." → "yes" and "Red" → "red" match.
-    assert!(close(metric(&report, "accuracy"), 200.0 / 3.0));
-    assert!(close(metric(&report, "binary"), 50.0));
-    assert!(close(metric(&report, "open"), 100.0));
+    assert_metrics(
+        &report,
+        &[("accuracy", 200.0 / 3.0), ("binary", 50.0), ("open", 100.0)],
+    );
     let written: Value =
         serde_json::from_str(&std::fs::read_to_string(&predictions).unwrap()).unwrap();
     assert_eq!(written[0], json!({"questionId": "q1", "prediction": "yes"}));
 
     let partial = f.jsonl("partial.jsonl", &[answer(json!("q2"), "q", "red")]);
-    let err = score(&inputs(Benchmark::Gqa, &partial, None, &annotations, None))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("question q1 has no prediction"), "{err}");
+    assert_score_errors(&[(
+        inputs(Benchmark::Gqa, &partial, None, &annotations, None),
+        "question q1 has no prediction",
+    )]);
 }
 
 #[test]
 fn mme_perception_and_cognition() {
     let f = Files::new();
     let gt = f.path("MME_Benchmark_release_version");
-    let tasks = imp::eval::mme::PERCEPTION
+    let tasks = imp_tools::eval::mme::PERCEPTION
         .iter()
-        .chain(&imp::eval::mme::COGNITION);
+        .chain(&imp_tools::eval::mme::COGNITION);
     let mut answers = Vec::new();
     for task in tasks {
         // `existence` uses the images/ + questions_answers_YN/ layout, the others flat folders;
@@ -346,33 +276,31 @@ fn mme_perception_and_cognition() {
         None,
     ))
     .unwrap();
-    assert!(
-        close(metric(&report, "perception"), 2000.0 - 150.0 - 150.0 - 75.0),
-        "{report:?}"
+    assert_metrics(
+        &report,
+        &[
+            ("perception", 2000.0 - 150.0 - 150.0 - 75.0),
+            ("cognition", 800.0),
+        ],
     );
-    assert!(close(metric(&report, "cognition"), 800.0));
     let count = &report.details["subtasks"][1];
     assert_eq!(count["name"], "count");
     assert_eq!(count["other"], 1);
 
     let missing = f.jsonl("missing.jsonl", &answers[2..]);
-    let err = score(&inputs(Benchmark::Mme, &missing, None, &annotations, None))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("no answers for MME subtask(s) existence"),
-        "{err}"
-    );
     let mut wrong = answers.clone();
     wrong[0]["prompt"] = json!("Is there a horse?");
     let wrong = f.jsonl("wrong.jsonl", &wrong);
-    let err = score(&inputs(Benchmark::Mme, &wrong, None, &annotations, None))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("wrong.jsonl:1: no ground truth for this question of existence/0000.jpg"),
-        "{err}"
-    );
+    assert_score_errors(&[
+        (
+            inputs(Benchmark::Mme, &missing, None, &annotations, None),
+            "no answers for MME subtask(s) existence",
+        ),
+        (
+            inputs(Benchmark::Mme, &wrong, None, &annotations, None),
+            "wrong.jsonl:1: no ground truth for this question of existence/0000.jpg",
+        ),
+    ]);
 }
 
 #[test]
@@ -406,8 +334,13 @@ fn mmbench_circular_scoring_and_submission() {
     ))
     .unwrap();
     // Rows right: 0 and 1 → 2 of 4. Groups right: only 1 (0's copy is wrong, 2 is unreadable).
-    assert!(close(metric(&report, "vanilla accuracy"), 50.0));
-    assert!(close(metric(&report, "circular accuracy"), 100.0 / 3.0));
+    assert_metrics(
+        &report,
+        &[
+            ("vanilla accuracy", 50.0),
+            ("circular accuracy", 100.0 / 3.0),
+        ],
+    );
     assert_eq!(report.details["unparsed"], 1);
     assert_eq!(report.details["circular_by_category"]["animals"], 50.0);
     assert!(report.notes[0].starts_with("1 answers are not an option letter"));
@@ -464,10 +397,10 @@ fn mmvet_writes_the_grader_input() {
     assert!(report.metrics.is_empty());
     let written: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(written, json!({"v1_0": "x = 3", "v1_1": "A cat."}));
-    let err = score(&inputs(Benchmark::MmVet, &answers, None, &[], None))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("--submission"), "{err}");
+    assert_score_errors(&[(
+        inputs(Benchmark::MmVet, &answers, None, &[], None),
+        "--submission",
+    )]);
 }
 
 #[test]
@@ -499,100 +432,53 @@ fn pope_bad_inputs_name_file_and_line() {
         None,
     ))
     .unwrap();
-    assert!(close(metric(&report, "F1 (avg)"), 100.0));
+    assert_metrics(&report, &[("F1 (avg)", 100.0)]);
 
     let unknown = f.jsonl(
         "unknown.jsonl",
         &[answer(json!(1), "p", "Yes"), answer(json!(7), "p", "No")],
     );
-    let err = score(&inputs(
-        Benchmark::Pope,
-        &unknown,
-        Some(&questions),
-        &labels,
-        None,
-    ))
-    .unwrap_err()
-    .to_string();
-    assert!(
-        err.contains("unknown.jsonl:2: question_id 7 is not in"),
-        "{err}"
-    );
-
     let twice = f.jsonl(
         "twice.jsonl",
         &[answer(json!(1), "p", "Yes"), answer(json!(1), "p", "No")],
     );
-    let err = score(&inputs(
-        Benchmark::Pope,
-        &twice,
-        Some(&questions),
-        &labels,
-        None,
-    ))
-    .unwrap_err()
-    .to_string();
-    assert!(
-        err.contains("twice.jsonl:2: question_id 1 is answered twice (first at line 1)"),
-        "{err}"
-    );
-
     let malformed = f.write(
         "malformed.jsonl",
         "{\"question_id\": 1, \"text\": \"Yes\"}\nYes\n",
     );
-    let err = score(&inputs(
-        Benchmark::Pope,
-        &malformed,
-        Some(&questions),
-        &labels,
-        None,
-    ))
-    .unwrap_err()
-    .to_string();
-    assert!(
-        err.contains("malformed.jsonl:2: not a JSON record"),
-        "{err}"
-    );
-
     let renamed = [f.jsonl("random.json", &[])];
-    let err = score(&inputs(
-        Benchmark::Pope,
-        &good,
-        Some(&questions),
-        &renamed,
-        None,
-    ))
-    .unwrap_err()
-    .to_string();
-    assert!(
-        err.contains("must be named coco_pope_<split>.json"),
-        "{err}"
-    );
-
     // Labels of another POPE version (the later spelling fixes) do not line up.
     let other = [f.jsonl(
         "other/coco_pope_random.json",
         &[json!({"question_id": 1, "image": "a.jpg", "text": "Is there a dogs in the image?", "label": "yes"})],
     )];
-    let err = score(&inputs(
-        Benchmark::Pope,
-        &good,
-        Some(&questions),
-        &other,
-        None,
-    ))
-    .unwrap_err()
-    .to_string();
-    assert!(
-        err.contains("llava_pope_test.jsonl:1: no label for image a.jpg"),
-        "{err}"
-    );
-
-    let err = score(&inputs(Benchmark::Pope, &good, None, &labels, None))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("pope needs --questions"), "{err}");
+    let questions = Some(questions.as_path());
+    assert_score_errors(&[
+        (
+            inputs(Benchmark::Pope, &unknown, questions, &labels, None),
+            "unknown.jsonl:2: question_id 7 is not in",
+        ),
+        (
+            inputs(Benchmark::Pope, &twice, questions, &labels, None),
+            "twice.jsonl:2: question_id 1 is answered twice (first at line 1)",
+        ),
+        (
+            inputs(Benchmark::Pope, &malformed, questions, &labels, None),
+            "malformed.jsonl:2: not a JSON record",
+        ),
+        (
+            inputs(Benchmark::Pope, &good, questions, &renamed, None),
+            "must be named coco_pope_<split>.json",
+        ),
+        (
+            inputs(Benchmark::Pope, &good, questions, &other, None),
+            "llava_pope_test.jsonl:1: no label for image a.jpg",
+        ),
+        (
+            inputs(Benchmark::Pope, &good, None, &labels, None),
+            "pope needs --questions",
+        ),
+    ]);
 }
 
 #[test]
@@ -627,7 +513,7 @@ fn report_compares_scored_runs() {
         );
         runs.push(path);
     }
-    let reports = imp::eval::report::read_reports(&runs).unwrap();
+    let reports = read_reports(&runs).unwrap();
     let comparison = Comparison::new(&reports).unwrap();
     let table = comparison.to_text();
     // f32: TP 1, TN 1 → F1 100. q4_k: TP 1, FP 1 → precision 50, recall 100, F1 66.67.

@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::answer_norm::{normalize, soft_accuracy};
-use super::answers::{match_answers, AnswerLine, QuestionId};
+use super::answers::{match_answers, AnswerLine};
 use super::error_at;
 use super::files::read_json;
-use super::prompts::{string_field, Question};
+use super::prompts::string_field;
+use super::question::{Question, QuestionId};
 use crate::{Error, Result};
 
 /// Soft accuracy in percent, overall and per answer type where the annotations have types.

@@ -16,8 +16,8 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::answers::QuestionId;
 use super::files::{read_json_array, read_jsonl, read_tsv};
+use super::question::{ImageRef, Question, QuestionId};
 use super::{error_at, Benchmark};
 use crate::Result;
 
@@ -27,34 +27,6 @@ pub const OPTION_LETTER_PROMPT: &str =
 
 /// The option letters MMBench uses (`all_options` in `model_vqa_mmbench.py`).
 pub const MMBENCH_LETTERS: [&str; 4] = ["A", "B", "C", "D"];
-
-/// Where a question's picture comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ImageRef {
-    /// A file name relative to the `--images` folder.
-    File(String),
-    /// Base64-encoded image bytes (MMBench's TSV).
-    Embedded(String),
-}
-
-/// One question, ready to ask.
-#[derive(Clone, Debug)]
-pub struct Question {
-    pub id: QuestionId,
-    /// Line of the question file where the record starts.
-    pub line: usize,
-    /// What the answer line records as `prompt` (the reference's `cur_prompt`).
-    pub prompt: String,
-    /// The user text the model sees after the `<image>` marker.
-    pub text: String,
-    pub image: Option<ImageRef>,
-    /// The question file's record, for scoring (labels, categories, options); MMBench's
-    /// embedded image is left out.
-    pub record: Map<String, Value>,
-    /// Fields the reference copies into answer lines (MMBench's `round_id`, `options`,
-    /// `option_char`).
-    pub answer_fields: Map<String, Value>,
-}
 
 /// Reads `path` in the format of `benchmark`'s reference question file.
 pub fn load_questions(benchmark: Benchmark, path: &Path) -> Result<Vec<Question>> {

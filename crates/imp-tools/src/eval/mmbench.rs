@@ -13,9 +13,10 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::answers::{match_answers, AnswerLine, QuestionId};
+use super::answers::{match_answers, AnswerLine};
 use super::error_at;
-use super::prompts::{Question, MMBENCH_LETTERS};
+use super::prompts::MMBENCH_LETTERS;
+use super::question::{Question, QuestionId};
 use crate::{Error, Result};
 
 /// Circular copies of a question share `index % CIRCULAR_STRIDE`.

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::answers::{match_answers, AnswerLine};
 use super::error_at;
-use super::prompts::Question;
+use super::question::Question;
 use crate::Result;
 
 const LETTERS: [char; 5] = ['A', 'B', 'C', 'D', 'E'];

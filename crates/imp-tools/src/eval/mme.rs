@@ -11,9 +11,10 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::answer_norm::is_py_space;
-use super::answers::{AnswerLine, QuestionId};
+use super::answers::AnswerLine;
 use super::error_at;
 use super::files::read_text;
+use super::question::QuestionId;
 use crate::{Error, Result};
 
 pub const PERCEPTION: [&str; 10] = [

@@ -1,5 +1,5 @@
 //! `imp eval score` against published numbers: the LLaVA authors released LLaVA-1.5-13B's
-//! answer files (fixtures/eval, copied from LLaVA's eval.zip); scoring them must give the
+//! answer files (tests/fixtures/eval, copied from LLaVA's eval.zip); scoring them must give the
 //! numbers reported for LLaVA-1.5-13B.
 //!
 //! Published: LLaVA's docs/MODEL_ZOO.md (github.com/haotian-liu/LLaVA), table "LLaVA-v1.5",
@@ -10,24 +10,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use imp::eval::scienceqa::{count_choices, parse_choice};
-use imp::eval::score::{score, ScoreInputs, ScoreReport};
-use imp::eval::Benchmark;
+use imp_tools::eval::scienceqa::{count_choices, parse_choice};
+use imp_tools::eval::score::{score, ScoreInputs, ScoreReport};
+use imp_tools::eval::Benchmark;
 
-fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/eval")
-        .join(path)
-}
-
-fn metric(report: &ScoreReport, name: &str) -> f64 {
-    report
-        .metrics
-        .iter()
-        .find(|m| m.name == name)
-        .unwrap_or_else(|| panic!("no metric {name} in {report:?}"))
-        .value
-}
+use crate::support::{eval_fixture as fixture, inputs, metric};
 
 fn pope() -> ScoreReport {
     let labels: Vec<PathBuf> = ["adversarial", "popular", "random"]
@@ -36,14 +23,13 @@ fn pope() -> ScoreReport {
         .collect();
     let questions = fixture("pope/llava_pope_test.jsonl");
     let answers = fixture("pope/llava-v1.5-13b.jsonl");
-    score(&ScoreInputs {
-        benchmark: Benchmark::Pope,
-        answers: &answers,
-        questions: Some(&questions),
-        annotations: &labels,
-        submission: None,
-        label: None,
-    })
+    score(&inputs(
+        Benchmark::Pope,
+        &answers,
+        Some(&questions),
+        &labels,
+        None,
+    ))
     .unwrap()
 }
 
@@ -99,12 +85,8 @@ fn pope_reproduces_llava_1_5_13b() {
 fn scienceqa(answers: &Path) -> ScoreReport {
     let questions = fixture("scienceqa/llava_test_CQM-A.json");
     score(&ScoreInputs {
-        benchmark: Benchmark::ScienceQa,
-        answers,
-        questions: Some(&questions),
-        annotations: &[],
-        submission: None,
         label: Some("llava-v1.5-13b".into()),
+        ..inputs(Benchmark::ScienceQa, answers, Some(&questions), &[], None)
     })
     .unwrap()
 }
@@ -195,14 +177,13 @@ fn scienceqa_answer_lines_and_missing_answers() {
 
     write("4");
     let questions = fixture("scienceqa/llava_test_CQM-A.json");
-    let err = score(&ScoreInputs {
-        benchmark: Benchmark::ScienceQa,
-        answers: &answers,
-        questions: Some(&questions),
-        annotations: &[],
-        submission: None,
-        label: None,
-    })
+    let err = score(&inputs(
+        Benchmark::ScienceQa,
+        &answers,
+        Some(&questions),
+        &[],
+        None,
+    ))
     .unwrap_err()
     .to_string();
     // The first question (id "4") starts on line 2 of the question file.

@@ -17,26 +17,8 @@ use serde_json::{Map, Value};
 
 use super::error_at;
 use super::files::{parse_jsonl, read_text};
-use super::prompts::Question;
+use super::question::{Question, QuestionId};
 use crate::{Error, Result};
-
-/// A question id: LLaVA's files use integers (POPE, VQAv2, MMBench) or strings (ScienceQA,
-/// TextVQA, MME); `4` and `"4"` are different ids, as they are to the Python scripts.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum QuestionId {
-    Int(i64),
-    Str(String),
-}
-
-impl fmt::Display for QuestionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Int(n) => write!(f, "{n}"),
-            Self::Str(s) => write!(f, "{s:?}"),
-        }
-    }
-}
 
 /// One line of an answer file. `line` is where it was read from (0 for new lines).
 #[derive(Clone, Debug, Serialize, Deserialize)]
