@@ -97,9 +97,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let (model, name) = match (&args.model, &args.synthetic) {
         (_, Some(preset)) => {
             let preset = Preset::from_name(preset)?;
+            let tokenizer = crate::bundled::tokenizer_folder(preset.family())?;
             let checkpoint = Checkpoint::Synthetic(SyntheticCheckpoint::new(
                 preset,
-                &crate::bundled_tokenizer(preset)?,
+                tokenizer.path(),
                 args.seed,
             ));
             let model = ImpModel::from_checkpoint(&checkpoint, &options)?;
