@@ -96,8 +96,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let (model, name) = match (&args.model, &args.synthetic) {
         (_, Some(preset)) => {
             let preset = Preset::from_name(preset)?;
-            let checkpoint =
-                SyntheticCheckpoint::new(preset, &crate::bundled_tokenizer(preset)?, args.seed);
+            let tokenizer = crate::bundled::tokenizer_folder(preset.family())?;
+            let checkpoint = SyntheticCheckpoint::new(preset, tokenizer.path(), args.seed);
             let model = ImpModel::from_source(&checkpoint, &options)?;
             (model, format!("synthetic {}", preset.name()))
         }

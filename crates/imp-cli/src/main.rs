@@ -1,11 +1,12 @@
 //! `imp`: answer questions about images with Imp models, on the CPU.
 
 mod bench;
+mod bundled;
 mod eval;
 mod quantize;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -149,7 +150,7 @@ struct SynthArgs {
     /// Folder to write (created if needed).
     #[arg(long)]
     out: PathBuf,
-    /// Folder whose tokenizer files to copy (default: the bundled tiny model of that family).
+    /// Folder whose tokenizer files to copy (default: the family's tokenizer, built into imp).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
@@ -157,8 +158,10 @@ struct SynthArgs {
 }
 
 fn main() -> ExitCode {
+    // `RUST_LOG=imp=trace` times every model part and layer as its span closes.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -355,12 +358,16 @@ fn info(args: InfoArgs) -> Result<()> {
 
 fn synth(args: SynthArgs) -> Result<()> {
     let preset = Preset::from_name(&args.preset)?;
-    let tokenizer = match args.tokenizer {
+    let built_in;
+    let tokenizer = match &args.tokenizer {
         Some(dir) => dir,
-        None => bundled_tokenizer(preset)?,
+        None => {
+            built_in = bundled::tokenizer_folder(preset.family())?;
+            built_in.path()
+        }
     };
     let start = Instant::now();
-    let bytes = synthetic::write_checkpoint(preset, &args.out, &tokenizer, args.seed)?;
+    let bytes = synthetic::write_checkpoint(preset, &args.out, tokenizer, args.seed)?;
     eprintln!(
         "wrote {} ({:.2} GB of weights) to {} in {:.1} s",
         preset.name(),
@@ -369,30 +376,6 @@ fn synth(args: SynthArgs) -> Result<()> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// The bundled tiny model of `preset`'s family, whose tokenizer synthetic models borrow.
-fn bundled_tokenizer(preset: Preset) -> Result<PathBuf> {
-    bundled_model(match preset.family() {
-        imp::config::Family::Phi2 => "imp-v1.5-3b-phi2",
-        imp::config::Family::Qwen2 => "imp-v1.5-2b-qwen1.5",
-        imp::config::Family::Phi3 => "imp-v1.5-4b-phi3",
-    })
-}
-
-/// The tiny fixture models live in the source tree.
-fn bundled_model(name: &str) -> Result<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../imp/tests/fixtures/models")
-        .join(name);
-    if !dir.is_dir() {
-        bail!(
-            "the bundled model {} is not available (not running from a source checkout); pass \
-             --tokenizer DIR",
-            dir.display()
-        );
-    }
-    Ok(dir)
 }
 
 /// Peak resident memory of this process, where the platform reports it.

@@ -2,7 +2,7 @@
 //! quantization plan does to the model's predictions), plus the `--quant` options every command
 //! that loads a model takes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -61,7 +61,7 @@ pub struct ReportArgs {
     /// quantized variants' compute dtype, the reference always runs in f32.
     #[command(flatten)]
     model: ModelArgs,
-    /// Image to ask about; repeat for several (default: the bundled photos).
+    /// Image to ask about; repeat for several (default: the photos built into imp).
     #[arg(long)]
     image: Vec<PathBuf>,
     /// Question to ask about every image; repeat for several (default: three generic ones).
@@ -113,15 +113,15 @@ pub fn report(args: ReportArgs) -> Result<()> {
     let options = crate::load_options(&args.model.load)?;
     let dir = resolve_model(&args.model.model, &HubOptions::default())?;
     let images = if args.image.is_empty() {
-        bundled_images()?
+        crate::bundled::photos()?
     } else {
-        args.image.clone()
-    };
-    let input = ReportInput {
-        images: images
+        args.image
             .iter()
             .map(|path| imp::preprocess::load_rgb(path))
-            .collect::<imp::Result<_>>()?,
+            .collect::<imp::Result<_>>()?
+    };
+    let input = ReportInput {
+        images,
         questions: if args.question.is_empty() {
             DEFAULT_QUESTIONS.map(str::to_owned).to_vec()
         } else {
@@ -152,7 +152,7 @@ pub fn report(args: ReportArgs) -> Result<()> {
     println!(
         "{} image questions ({} images), {} positions teacher-forced along the f32 greedy answers",
         report.samples,
-        images.len(),
+        input.images.len(),
         report.positions
     );
     println!(
@@ -192,25 +192,4 @@ pub fn weight_lines(groups: &[WeightGroup]) -> Vec<String> {
             )
         })
         .collect()
-}
-
-/// The photos bundled with the source tree's tests.
-fn bundled_images() -> Result<Vec<PathBuf>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../imp/tests/fixtures/images");
-    let mut images: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| {
-            format!(
-                "the bundled photos in {} are not available (not running from a source \
-                 checkout); pass --image FILE",
-                dir.display()
-            )
-        })?
-        .filter_map(|entry| Some(entry.ok()?.path()))
-        .filter(|path| {
-            path.extension()
-                .is_some_and(|e| matches!(e.to_str(), Some("png" | "jpg")))
-        })
-        .collect();
-    images.sort();
-    Ok(images)
 }

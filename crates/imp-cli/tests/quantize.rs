@@ -1,50 +1,22 @@
 //! `imp quantize`, `imp quant-report` and the `--quant` options, end to end through the binary.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../imp/tests/fixtures")
-}
-
-fn imp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imp"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("imp runs")
-}
-
-fn json(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use crate::support::{arg, image, imp, json, model, stderr};
 
 #[test]
 fn quantized_file_answers_like_quantizing_at_load() {
     let dir = tempfile::tempdir().unwrap();
-    let model = fixtures().join("models/imp-v1.5-2b-qwen1.5");
-    let model = model.to_str().unwrap();
+    let model = model("imp-v1.5-2b-qwen1.5");
+    let model = arg(&model);
     let file = dir.path().join("qwen.gguf");
-    let file = file.to_str().unwrap();
+    let file = arg(&file);
     let plan = ["--quant", "q4_k", "--llm-quant", "q8_0"];
     let out = imp(&[&["quantize", "--model", model, "--out", file], &plan[..]].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", stderr(&out));
 
-    let image = fixtures().join("images/skimage_coffee.png");
+    let image = image("skimage_coffee.png");
     let ask = [
         "--image",
-        image.to_str().unwrap(),
+        arg(&image),
         "--prompt",
         "What is this?",
         "--max-new-tokens",
@@ -75,45 +47,31 @@ fn quantized_file_answers_like_quantizing_at_load() {
 
 #[test]
 fn quant_report_compares_three_variants() {
-    let model = fixtures().join("models/imp-v1-3b");
-    let image = fixtures().join("images/skimage_chelsea.png");
-    let report = json(&imp(&[
-        "quant-report",
-        "--model",
-        model.to_str().unwrap(),
-        "--quant",
-        "q4_0",
-        "--image",
-        image.to_str().unwrap(),
-        "--question",
-        "What is shown in this image?",
-        "--max-new-tokens",
-        "4",
-        "--json",
-    ]));
-    assert_eq!(report["samples"], 1);
-    let variants: Vec<&str> = report["variants"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["variant"].as_str().unwrap())
-        .collect();
-    assert_eq!(variants, ["all", "vision only", "llm only"]);
-}
-
-#[test]
-fn unknown_format_fails_listing_the_valid_ones() {
-    let model = fixtures().join("models/imp-v1-3b");
-    let out = imp(&[
-        "info",
-        "--model",
-        model.to_str().unwrap(),
-        "--vision-quant",
-        "q3",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    for part in ["`q3`", "f16", "q8_0", "q4_k"] {
-        assert!(err.contains(part), "`{err}` should mention {part}");
+    let model = model("imp-v1-3b");
+    let chelsea = image("skimage_chelsea.png");
+    // Without --image the report asks about the nine photos built into `imp`.
+    let images: [(&[&str], usize); 2] = [(&["--image", arg(&chelsea)], 1), (&[], 9)];
+    for (image_args, samples) in images {
+        let args = [
+            "quant-report",
+            "--model",
+            arg(&model),
+            "--quant",
+            "q4_0",
+            "--question",
+            "What is shown in this image?",
+            "--max-new-tokens",
+            "4",
+            "--json",
+        ];
+        let report = json(&imp(&[&args[..], image_args].concat()));
+        assert_eq!(report["samples"], samples);
+        let variants: Vec<&str> = report["variants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["variant"].as_str().unwrap())
+            .collect();
+        assert_eq!(variants, ["all", "vision only", "llm only"]);
     }
 }
