@@ -8,9 +8,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use image::RgbImage;
-use imp::synthetic::{Preset, SyntheticCheckpoint};
 use imp::{encode_images, generate_prepared, PreparedPrompt, Timings};
 use imp::{GenerationOptions, ImageId, ImpModel, Prompt};
+use imp_tools::synthetic::{Preset, SyntheticCheckpoint};
 use serde_json::{json, Value};
 
 use crate::LoadArgs;

@@ -14,8 +14,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::{Parser, Subcommand, ValueEnum};
 use imp::hub::{resolve_model, HubOptions};
-use imp::synthetic::{self, Preset};
 use imp::{generate, GenerationOptions, ImpModel, LoadOptions, Prompt, SamplingParams};
+use imp_tools::synthetic::{self, Preset};
 use serde_json::json;
 
 #[derive(Parser)]

@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use imp::hub::{resolve_model, HubOptions};
-use imp::quant::report::{quality_report, ReportInput};
 use imp::quant::{Quantization, WeightGroup};
 use imp::quantize::write_gguf;
+use imp_tools::quality::{quality_report, ReportInput};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::ModelArgs;

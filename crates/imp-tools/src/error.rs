@@ -32,6 +32,10 @@ pub enum Error {
 
     #[error(transparent)]
     Imp(#[from] imp::Error),
+
+    /// Tensor arithmetic of the quality report and the synthetic models.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
 }
 
 impl Error {

@@ -22,6 +22,14 @@ pub fn model_fixture(name: &str) -> PathBuf {
     imp_fixtures().join("models").join(name)
 }
 
+/// The photo and question a tiny model's reference outputs were made with.
+pub fn model_question(name: &str) -> (String, String) {
+    let path = model_fixture(name).join("expected.json");
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let field = |key: &str| expected[key].as_str().unwrap().to_owned();
+    (field("image"), field("question"))
+}
+
 pub fn images() -> PathBuf {
     imp_fixtures().join("images")
 }

@@ -68,7 +68,7 @@ impl Error {
         }
     }
 
-    pub(crate) fn tensor(name: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn tensor(name: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Tensor {
             name: name.into(),
             message: message.into(),

@@ -39,9 +39,8 @@ mod session;
 pub mod template;
 pub mod tokenizer;
 
-// Moving to crates of their own.
+// Moving to a crate of its own.
 pub mod kernels;
-pub mod synthetic;
 
 pub use error::{Error, Result};
 pub use generate::{

@@ -12,8 +12,6 @@
 //! for q8_0 too (SigLIP's 1152 padded to 1280 runs the q8_0 vision tower 4.5x faster than
 //! 1152 left as 36 blocks of 32).
 
-pub mod report;
-
 use std::fmt;
 
 use candle_core::quantized::{ggml_file, GgmlDType, QMatMul, QTensor};

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use imp::quant::report::{quality_report, ReportInput};
 use imp::quant::{self, Part, Quantization};
 use imp::quantize;
 use imp::{generate, Generation, GenerationOptions, ImpModel, LoadOptions, Prompt};
@@ -185,43 +184,6 @@ fn q8_0_follows_the_f32_reference() {
         }
     }
     eprintln!("q8_0: {matched} of {steps} greedy steps identical to the f32 reference");
-}
-
-#[test]
-fn quality_report_is_zero_for_f32_and_positive_for_q4_0() {
-    let name = "imp-v1.5-4b-phi3";
-    let e = expected(name);
-    let input = ReportInput {
-        images: vec![imp::preprocess::load_rgb(&model_dir(name).join(&e.image)).unwrap()],
-        questions: vec![e.question, "Describe the colours.".into()],
-        max_new_tokens: 6,
-    };
-    let report = |format| {
-        quality_report(
-            &model_dir(name),
-            Quantization::all(format),
-            &LoadOptions::default(),
-            &input,
-            &mut |_, _| {},
-        )
-        .unwrap()
-    };
-    let exact = report(GgmlDType::F32);
-    assert_eq!(exact.samples, 2);
-    assert_eq!(exact.variants.len(), 3);
-    for v in &exact.variants {
-        assert_eq!(
-            (v.mean_kl, v.p99_kl, v.top1_agreement),
-            (0.0, 0.0, 1.0),
-            "{v:?}"
-        );
-    }
-    let q4 = report(GgmlDType::Q4_0);
-    assert_eq!(q4.positions, exact.positions);
-    for v in &q4.variants {
-        assert!(v.mean_kl > 0.0 && v.p99_kl >= v.mean_kl, "{v:?}");
-        assert!((0.0..=1.0).contains(&v.top1_agreement), "{v:?}");
-    }
 }
 
 #[test]

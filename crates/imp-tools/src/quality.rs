@@ -10,10 +10,10 @@ use candle_core::{DType, Tensor, D};
 use image::RgbImage;
 use serde::Serialize;
 
-use super::Quantization;
-use crate::template::Prompt;
+use imp::quant::Quantization;
+use imp::{ImpModel, LoadOptions, Prompt};
+
 use crate::{Error, Result};
-use crate::{ImpModel, LoadOptions};
 
 /// The image questions: every question is asked about every image.
 pub struct ReportInput {
@@ -101,7 +101,7 @@ pub fn quality_report(
             let text = Prompt::Question(q.clone()).render(reference.config().decoder.family, 1);
             reference.tokenize_prompt(&text)
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<imp::Result<Vec<_>>>()?;
     let mut answers = Vec::with_capacity(samples);
     let mut expected = Vec::with_capacity(samples);
     for image in &input.images {
@@ -165,7 +165,7 @@ pub fn quality_report(
 /// The projected rows of one image.
 fn image_rows(model: &ImpModel, image: &RgbImage) -> Result<Tensor> {
     let pixels = model.preprocessor().preprocess(image, model.device())?;
-    model.project(&model.vision_features(&pixels)?)
+    Ok(model.project(&model.vision_features(&pixels)?)?)
 }
 
 /// The greedy answer, without its stop token.

@@ -16,11 +16,12 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use crate::checkpoint::TensorSource;
-use crate::config::{ConfigFiles, Family};
-use crate::names::{LinearNames, NamingStyle, NormNames, Source, TensorShapes};
-use crate::quant::{self, Matrix};
-use crate::tokenizer::ImpTokenizer;
+use imp::checkpoint::TensorSource;
+use imp::config::{ConfigFiles, Family};
+use imp::names::{LinearNames, NamingStyle, NormNames, Source, TensorShapes};
+use imp::quant::{self, Matrix};
+use imp::tokenizer::ImpTokenizer;
+
 use crate::{Error, Result};
 
 /// One released model's architecture.
@@ -331,9 +332,9 @@ impl SyntheticCheckpoint {
         }
     }
 
-    fn spec(&self, name: &str) -> Result<&(Vec<usize>, Fill)> {
+    fn spec(&self, name: &str) -> imp::Result<&(Vec<usize>, Fill)> {
         self.specs.get(name).ok_or_else(|| {
-            Error::tensor(
+            imp::Error::tensor(
                 name,
                 format!("is not part of the {} preset", self.preset.name()),
             )
@@ -362,13 +363,13 @@ impl TensorShapes for SyntheticCheckpoint {
         Box::new(self.specs.keys().map(String::as_str))
     }
 
-    fn shape(&self, name: &str) -> Result<Vec<usize>> {
+    fn shape(&self, name: &str) -> imp::Result<Vec<usize>> {
         Ok(self.spec(name)?.0.clone())
     }
 }
 
 impl TensorSource for SyntheticCheckpoint {
-    fn config_files(&self) -> Result<ConfigFiles> {
+    fn config_files(&self) -> imp::Result<ConfigFiles> {
         let text = |value: &Value| serde_json::to_string(value).expect("JSON of plain values");
         Ok(ConfigFiles {
             root: self.label.clone(),
@@ -383,7 +384,7 @@ impl TensorSource for SyntheticCheckpoint {
         })
     }
 
-    fn tokenizer(&self) -> Result<ImpTokenizer> {
+    fn tokenizer(&self) -> imp::Result<ImpTokenizer> {
         ImpTokenizer::from_dir(&self.tokenizer_dir)
     }
 
@@ -403,7 +404,7 @@ impl TensorSource for SyntheticCheckpoint {
     }
 
     /// A dense tensor with the preset's values for `name`.
-    fn load_dense(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+    fn load_dense(&self, name: &str, dtype: DType, device: &Device) -> imp::Result<Tensor> {
         let (shape, fill) = self.spec(name)?;
         let len = shape.iter().product();
         let values = match fill {
@@ -423,7 +424,7 @@ impl TensorSource for SyntheticCheckpoint {
         width: usize,
         format: Option<GgmlDType>,
         device: &Device,
-    ) -> Result<Option<Matrix>> {
+    ) -> imp::Result<Option<Matrix>> {
         // Without a format the loader reads the dense tensor.
         let Some(format) = format else {
             return Ok(None);
@@ -436,7 +437,7 @@ impl TensorSource for SyntheticCheckpoint {
         let tile_rows = out.min(BLOCK_TILE_ROWS);
         let tile = Tensor::from_vec(draw(seed, tile_rows * width), (tile_rows, width), device)?;
         let Matrix::Blocks(blocks) = Matrix::convert(&tile, format)? else {
-            return Err(Error::InvalidArgument(format!(
+            return Err(imp::Error::InvalidArgument(format!(
                 "{} is neither a float nor a block format",
                 quant::format_name(format)
             )));
@@ -588,10 +589,11 @@ fn copy_tokenizer(from: &Path, to: &Path) -> Result<()> {
         }
     }
     if copied == 0 {
-        return Err(Error::Tokenizer(format!(
+        return Err(imp::Error::Tokenizer(format!(
             "no tokenizer files in {} to copy",
             from.display()
-        )));
+        ))
+        .into());
     }
     Ok(())
 }
@@ -599,7 +601,7 @@ fn copy_tokenizer(from: &Path, to: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ImpConfig;
+    use imp::config::ImpConfig;
 
     fn tokenizer(preset: Preset) -> PathBuf {
         let name = match preset.family() {
