@@ -413,7 +413,7 @@ fn vision_config(
     };
     vision_sizes_from_tensors(&mut config, checkpoint, style, declared_image_size)?;
     let hidden = config.hidden_size;
-    if config.num_heads == 0 || hidden % config.num_heads != 0 {
+    if config.num_heads == 0 || !hidden.is_multiple_of(config.num_heads) {
         return Err(Error::config(
             &json.path,
             format!(

@@ -233,7 +233,7 @@ impl StoredTensor {
     ) -> std::result::Result<Self, String> {
         let format = info.ggml_dtype;
         let elements = info.shape.elem_count();
-        if elements % format.block_size() != 0 {
+        if !elements.is_multiple_of(format.block_size()) {
             return Err(format!(
                 "tensor `{name}` has {elements} values, not whole {} blocks",
                 quant::format_name(format)
