@@ -52,6 +52,9 @@ pub enum Error {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 
+    #[error(transparent)]
+    Kernels(#[from] imp_kernels::Error),
+
     #[error("{}:{line}: {message}", path.display())]
     Eval {
         path: PathBuf,

@@ -14,7 +14,6 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod hub;
-pub mod kernels;
 pub mod linear;
 pub mod llm;
 pub mod model;

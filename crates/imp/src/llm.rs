@@ -8,10 +8,10 @@
 //! Per-conversation state lives in a [`Session`], so the decoder itself is immutable.
 
 use candle_core::{DType, Device, IndexOp, Tensor, D};
+use imp_kernels::gelu::gelu;
 
 use crate::attention::{attend, Rotary};
 use crate::checkpoint::{NamingStyle, Weights};
-use crate::kernels::gelu::gelu;
 use crate::linear::{Embedding, Linear};
 use crate::norm::Norm;
 use crate::session::Session;

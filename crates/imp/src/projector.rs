@@ -2,9 +2,9 @@
 //! features into the language model's embedding space.
 
 use candle_core::Tensor;
+use imp_kernels::gelu::gelu_erf;
 
 use crate::checkpoint::{NamingStyle, Weights};
-use crate::kernels::gelu::gelu_erf;
 use crate::linear::Linear;
 use crate::Result;
 

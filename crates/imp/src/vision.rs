@@ -3,9 +3,9 @@
 //! of the last stored layer, one row per patch in row-major order.
 
 use candle_core::Tensor;
+use imp_kernels::gelu::gelu;
 
 use crate::attention::attend;
-use crate::kernels::gelu::gelu;
 
 use crate::checkpoint::{NamingStyle, Weights};
 use crate::linear::Linear;

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 use imp::attention::Rotary;
-use imp::kernels::flash;
+use imp_kernels::flash;
 
 #[test]
 fn partial_rotary_is_fused_attention_ready_and_correct() -> Result<(), Box<dyn std::error::Error>> {

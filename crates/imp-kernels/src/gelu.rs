@@ -1,12 +1,12 @@
 //! GELU over a whole tensor on every core, with vectorised exponentials where candle calls libm's
 //! `tanhf` / `erff` one element at a time.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::host::{contiguous, fast_path, narrow_into, widen, Element};
-use super::simd::{self, load_or_pad, store_or_trim, Isa, Kernel, Simd};
+use crate::cpu::Isa;
+use crate::host::{self, contiguous, fast_path, narrow_into, widen, Element, FloatOp};
+use crate::simd::{self, load_or_pad, store_or_trim, Kernel, Simd};
 use crate::Result;
 
 /// The two forms of GELU the models use.
@@ -22,7 +22,7 @@ pub enum Gelu {
 /// Elements per parallel task: large enough to hide rayon's overhead.
 const CHUNK: usize = 16 * 1024;
 
-/// `y = gelu(x)` element-wise with the given instruction set, on every core.
+/// `y = gelu(x)` element-wise with the given path (one of [`simd::PATHS`]), on every core.
 pub fn gelu_slice<T: Element>(isa: Isa, form: Gelu, x: &[T], y: &mut [T]) {
     assert_eq!(x.len(), y.len(), "gelu: input and output lengths differ");
     x.par_chunks(CHUNK)
@@ -30,7 +30,7 @@ pub fn gelu_slice<T: Element>(isa: Isa, form: Gelu, x: &[T], y: &mut [T]) {
         .for_each(|(x, y)| {
             let mut wide = Vec::new();
             let x = widen(x, &mut wide);
-            narrow_into(y, |y| isa.run(GeluRun { form, x, y }));
+            narrow_into(y, |y| simd::run(isa, GeluRun { form, x, y }));
         });
 }
 
@@ -59,6 +59,18 @@ impl Kernel for GeluRun<'_> {
 
 struct GeluOp(Gelu);
 
+impl FloatOp<1> for GeluOp {
+    fn forward<T: Element>(
+        &self,
+        [(values, layout)]: [(&[T], &Layout); 1],
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous(values, layout)?;
+        let mut y = vec![T::default(); x.len()];
+        gelu_slice(simd::best(), self.0, x, &mut y);
+        Ok((T::into_storage(y), layout.shape().clone()))
+    }
+}
+
 impl CustomOp1 for GeluOp {
     fn name(&self) -> &'static str {
         "imp-gelu"
@@ -69,22 +81,7 @@ impl CustomOp1 for GeluOp {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        fn run<T: Element>(
-            form: Gelu,
-            values: &[T],
-            layout: &Layout,
-        ) -> candle_core::Result<(CpuStorage, Shape)> {
-            let x = contiguous(values, layout)?;
-            let mut y = vec![T::default(); x.len()];
-            gelu_slice(Isa::best(), form, x, &mut y);
-            Ok((T::into_storage(y), layout.shape().clone()))
-        }
-        match storage {
-            CpuStorage::F32(values) => run(self.0, values, layout),
-            CpuStorage::F16(values) => run(self.0, values, layout),
-            CpuStorage::BF16(values) => run(self.0, values, layout),
-            other => candle_core::bail!("imp-gelu: unsupported dtype {:?}", other.dtype()),
-        }
+        host::forward(self.name(), self, [(storage, layout)])
     }
 }
 

@@ -1,7 +1,9 @@
 //! What the fused kernels share with candle: the storage element types they read and write (all
-//! arithmetic is f32), and when a candle op may be replaced by one of them.
+//! arithmetic is f32), the dispatch of a candle op over them, and when a candle op may be replaced
+//! by one of them.
 
-use candle_core::{CpuStorage, DType, Layout, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
@@ -13,6 +15,8 @@ pub trait Element: Copy + Default + Send + Sync + 'static {
     fn as_f32(src: &[Self]) -> Option<&[f32]>;
     fn as_f32_mut(dst: &mut [Self]) -> Option<&mut [f32]>;
     fn into_storage(values: Vec<Self>) -> CpuStorage;
+    /// The values of `storage` when it holds this type.
+    fn from_storage(storage: &CpuStorage) -> Option<&[Self]>;
 }
 
 impl Element for f32 {
@@ -30,6 +34,12 @@ impl Element for f32 {
     }
     fn into_storage(values: Vec<f32>) -> CpuStorage {
         CpuStorage::F32(values)
+    }
+    fn from_storage(storage: &CpuStorage) -> Option<&[f32]> {
+        match storage {
+            CpuStorage::F32(values) => Some(values),
+            _ => None,
+        }
     }
 }
 
@@ -49,6 +59,12 @@ impl Element for f16 {
     fn into_storage(values: Vec<f16>) -> CpuStorage {
         CpuStorage::F16(values)
     }
+    fn from_storage(storage: &CpuStorage) -> Option<&[f16]> {
+        match storage {
+            CpuStorage::F16(values) => Some(values),
+            _ => None,
+        }
+    }
 }
 
 impl Element for bf16 {
@@ -66,6 +82,12 @@ impl Element for bf16 {
     }
     fn into_storage(values: Vec<bf16>) -> CpuStorage {
         CpuStorage::BF16(values)
+    }
+    fn from_storage(storage: &CpuStorage) -> Option<&[bf16]> {
+        match storage {
+            CpuStorage::BF16(values) => Some(values),
+            _ => None,
+        }
     }
 }
 
@@ -92,6 +114,44 @@ pub fn narrow_into<T: Element>(dst: &mut [T], f: impl FnOnce(&mut [f32])) {
             T::from_f32(&buf, dst);
         }
     }
+}
+
+/// The CPU forward pass of a candle op on `N` operands of one float dtype, written once for
+/// every [`Element`] type; [`forward`] picks the type from the operands' storage.
+pub trait FloatOp<const N: usize> {
+    fn forward<T: Element>(
+        &self,
+        operands: [(&[T], &Layout); N],
+    ) -> candle_core::Result<(CpuStorage, Shape)>;
+}
+
+/// `op` on operands that share a float dtype; any other mix is an error naming the op.
+pub fn forward<const N: usize>(
+    name: &str,
+    op: &impl FloatOp<N>,
+    operands: [(&CpuStorage, &Layout); N],
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    if let Some(typed) = typed::<f32, N>(operands) {
+        op.forward(typed)
+    } else if let Some(typed) = typed::<f16, N>(operands) {
+        op.forward(typed)
+    } else if let Some(typed) = typed::<bf16, N>(operands) {
+        op.forward(typed)
+    } else {
+        let dtypes = operands.map(|(storage, _)| storage.dtype());
+        candle_core::bail!("{name}: the operands must share one float dtype, not {dtypes:?}")
+    }
+}
+
+/// The operands' values when every one holds `T`.
+fn typed<'a, T: Element, const N: usize>(
+    operands: [(&'a CpuStorage, &'a Layout); N],
+) -> Option<[(&'a [T], &'a Layout); N]> {
+    let values = operands.map(|(storage, layout)| Some((T::from_storage(storage)?, layout)));
+    values
+        .iter()
+        .all(Option::is_some)
+        .then(|| values.map(|v| v.expect("checked")))
 }
 
 /// Whether our CPU kernels may stand in for candle's ops on these tensors: all on the CPU, in
