@@ -13,11 +13,11 @@
 //! of the latter. The output is `[queries, heads, head_dim]`, the heads merged per token as the
 //! output projection reads them.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::Isa;
-use crate::host::{self, widen, Element, FloatOp};
+use crate::host::{widen, CustomOp, Element, FloatOp};
 use crate::simd::{self, Kernel, Simd, MAX_LANES};
 use crate::{Error, Result};
 
@@ -513,6 +513,8 @@ struct FlashAttention {
 }
 
 impl FloatOp<3> for FlashAttention {
+    const NAME: &'static str = "imp-flash-attention";
+
     fn forward<T: Element>(
         &self,
         [q, k, v]: [(&[T], &Layout); 3],
@@ -546,24 +548,6 @@ impl FloatOp<3> for FlashAttention {
     }
 }
 
-impl CustomOp3 for FlashAttention {
-    fn name(&self) -> &'static str {
-        "imp-flash-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        q: &CpuStorage,
-        lq: &Layout,
-        k: &CpuStorage,
-        lk: &Layout,
-        v: &CpuStorage,
-        lv: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        host::forward(self.name(), self, [(q, lq), (k, lk), (v, lv)])
-    }
-}
-
 /// Whether [`flash_attention`] takes this operand: `[heads, tokens, head_dim]`, or with a
 /// leading batch of 1, its last dimension contiguous.
 pub fn supports(x: &Tensor) -> bool {
@@ -582,7 +566,7 @@ pub fn flash_attention(
     scale: f32,
     visibility: Visibility,
 ) -> Result<Tensor> {
-    let out = q.apply_op3_no_bwd(k, v, &FlashAttention { scale, visibility })?;
+    let out = q.apply_op3_no_bwd(k, v, &CustomOp(FlashAttention { scale, visibility }))?;
     let rank = out.rank();
     Ok(out.transpose(rank - 3, rank - 2)?)
 }

@@ -1,11 +1,11 @@
 //! GELU over a whole tensor on every core, with vectorised exponentials where candle calls libm's
 //! `tanhf` / `erff` one element at a time.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::Isa;
-use crate::host::{self, contiguous, fast_path, narrow_into, widen, Element, FloatOp};
+use crate::host::{contiguous, fast_path, narrow_into, widen, CustomOp, Element, FloatOp};
 use crate::simd::{self, load_or_pad, store_or_trim, Kernel, Simd};
 use crate::Result;
 
@@ -60,6 +60,8 @@ impl Kernel for GeluRun<'_> {
 struct GeluOp(Gelu);
 
 impl FloatOp<1> for GeluOp {
+    const NAME: &'static str = "imp-gelu";
+
     fn forward<T: Element>(
         &self,
         [(values, layout)]: [(&[T], &Layout); 1],
@@ -71,25 +73,11 @@ impl FloatOp<1> for GeluOp {
     }
 }
 
-impl CustomOp1 for GeluOp {
-    fn name(&self) -> &'static str {
-        "imp-gelu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        host::forward(self.name(), self, [(storage, layout)])
-    }
-}
-
 /// `x.gelu()` (tanh form): our kernel for contiguous CPU inference tensors, candle's op
 /// otherwise.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if fast_path(&[x]) && x.is_contiguous() {
-        Ok(x.apply_op1_no_bwd(&GeluOp(Gelu::Tanh))?)
+        Ok(x.apply_op1_no_bwd(&CustomOp(GeluOp(Gelu::Tanh)))?)
     } else {
         Ok(x.gelu()?)
     }
@@ -98,7 +86,7 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 /// `x.gelu_erf()`: our kernel for contiguous CPU inference tensors, candle's op otherwise.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     if fast_path(&[x]) && x.is_contiguous() {
-        Ok(x.apply_op1_no_bwd(&GeluOp(Gelu::Erf))?)
+        Ok(x.apply_op1_no_bwd(&CustomOp(GeluOp(Gelu::Erf)))?)
     } else {
         Ok(x.gelu_erf()?)
     }

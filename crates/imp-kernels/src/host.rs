@@ -3,7 +3,7 @@
 //! by one of them.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
@@ -12,8 +12,12 @@ pub trait Element: Copy + Default + Send + Sync + 'static {
     fn to_f32(src: &[Self], dst: &mut [f32]);
     fn from_f32(src: &[f32], dst: &mut [Self]);
     /// `src` itself when it already is f32, so that the common case copies nothing.
-    fn as_f32(src: &[Self]) -> Option<&[f32]>;
-    fn as_f32_mut(dst: &mut [Self]) -> Option<&mut [f32]>;
+    fn as_f32(_src: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_dst: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
     fn into_storage(values: Vec<Self>) -> CpuStorage;
     /// The values of `storage` when it holds this type.
     fn from_storage(storage: &CpuStorage) -> Option<&[Self]>;
@@ -43,53 +47,31 @@ impl Element for f32 {
     }
 }
 
-impl Element for f16 {
-    fn to_f32(src: &[f16], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
-    }
-    fn from_f32(src: &[f32], dst: &mut [f16]) {
-        dst.convert_from_f32_slice(src);
-    }
-    fn as_f32(_: &[f16]) -> Option<&[f32]> {
-        None
-    }
-    fn as_f32_mut(_: &mut [f16]) -> Option<&mut [f32]> {
-        None
-    }
-    fn into_storage(values: Vec<f16>) -> CpuStorage {
-        CpuStorage::F16(values)
-    }
-    fn from_storage(storage: &CpuStorage) -> Option<&[f16]> {
-        match storage {
-            CpuStorage::F16(values) => Some(values),
-            _ => None,
+/// [`Element`] for a half-precision type, stored in `CpuStorage::$variant`.
+macro_rules! half_element {
+    ($ty:ty, $variant:ident) => {
+        impl Element for $ty {
+            fn to_f32(src: &[$ty], dst: &mut [f32]) {
+                src.convert_to_f32_slice(dst);
+            }
+            fn from_f32(src: &[f32], dst: &mut [$ty]) {
+                dst.convert_from_f32_slice(src);
+            }
+            fn into_storage(values: Vec<$ty>) -> CpuStorage {
+                CpuStorage::$variant(values)
+            }
+            fn from_storage(storage: &CpuStorage) -> Option<&[$ty]> {
+                match storage {
+                    CpuStorage::$variant(values) => Some(values),
+                    _ => None,
+                }
+            }
         }
-    }
+    };
 }
 
-impl Element for bf16 {
-    fn to_f32(src: &[bf16], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
-    }
-    fn from_f32(src: &[f32], dst: &mut [bf16]) {
-        dst.convert_from_f32_slice(src);
-    }
-    fn as_f32(_: &[bf16]) -> Option<&[f32]> {
-        None
-    }
-    fn as_f32_mut(_: &mut [bf16]) -> Option<&mut [f32]> {
-        None
-    }
-    fn into_storage(values: Vec<bf16>) -> CpuStorage {
-        CpuStorage::BF16(values)
-    }
-    fn from_storage(storage: &CpuStorage) -> Option<&[bf16]> {
-        match storage {
-            CpuStorage::BF16(values) => Some(values),
-            _ => None,
-        }
-    }
-}
+half_element!(f16, F16);
+half_element!(bf16, BF16);
 
 /// `src` as f32: borrowed when it is f32, else widened into `buf`.
 pub fn widen<'a, T: Element>(src: &'a [T], buf: &'a mut Vec<f32>) -> &'a [f32] {
@@ -117,29 +99,87 @@ pub fn narrow_into<T: Element>(dst: &mut [T], f: impl FnOnce(&mut [f32])) {
 }
 
 /// The CPU forward pass of a candle op on `N` operands of one float dtype, written once for
-/// every [`Element`] type; [`forward`] picks the type from the operands' storage.
+/// every [`Element`] type; wrapped in [`CustomOp`] it is a candle op, which picks the type from
+/// the operands' storage.
 pub trait FloatOp<const N: usize> {
+    /// The op's name in candle's errors.
+    const NAME: &'static str;
+
     fn forward<T: Element>(
         &self,
         operands: [(&[T], &Layout); N],
     ) -> candle_core::Result<(CpuStorage, Shape)>;
 }
 
-/// `op` on operands that share a float dtype; any other mix is an error naming the op.
-pub fn forward<const N: usize>(
-    name: &str,
-    op: &impl FloatOp<N>,
-    operands: [(&CpuStorage, &Layout); N],
-) -> candle_core::Result<(CpuStorage, Shape)> {
-    if let Some(typed) = typed::<f32, N>(operands) {
-        op.forward(typed)
-    } else if let Some(typed) = typed::<f16, N>(operands) {
-        op.forward(typed)
-    } else if let Some(typed) = typed::<bf16, N>(operands) {
-        op.forward(typed)
-    } else {
-        let dtypes = operands.map(|(storage, _)| storage.dtype());
-        candle_core::bail!("{name}: the operands must share one float dtype, not {dtypes:?}")
+/// A [`FloatOp`] as a candle custom op of 1, 2 or 3 operands.
+pub struct CustomOp<O>(pub O);
+
+impl<O> CustomOp<O> {
+    /// `op` on operands that share a float dtype; any other mix is an error naming the op.
+    fn forward<const N: usize>(
+        &self,
+        operands: [(&CpuStorage, &Layout); N],
+    ) -> candle_core::Result<(CpuStorage, Shape)>
+    where
+        O: FloatOp<N>,
+    {
+        if let Some(typed) = typed::<f32, N>(operands) {
+            self.0.forward(typed)
+        } else if let Some(typed) = typed::<f16, N>(operands) {
+            self.0.forward(typed)
+        } else if let Some(typed) = typed::<bf16, N>(operands) {
+            self.0.forward(typed)
+        } else {
+            let dtypes = operands.map(|(storage, _)| storage.dtype());
+            candle_core::bail!(
+                "{}: the operands must share one float dtype, not {dtypes:?}",
+                O::NAME
+            )
+        }
+    }
+}
+
+impl<O: FloatOp<1>> CustomOp1 for CustomOp<O> {
+    fn name(&self) -> &'static str {
+        O::NAME
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, lx: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.forward([(x, lx)])
+    }
+}
+
+impl<O: FloatOp<2>> CustomOp2 for CustomOp<O> {
+    fn name(&self) -> &'static str {
+        O::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        y: &CpuStorage,
+        ly: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.forward([(x, lx), (y, ly)])
+    }
+}
+
+impl<O: FloatOp<3>> CustomOp3 for CustomOp<O> {
+    fn name(&self) -> &'static str {
+        O::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        y: &CpuStorage,
+        ly: &Layout,
+        z: &CpuStorage,
+        lz: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.forward([(x, lx), (y, ly), (z, lz)])
     }
 }
 

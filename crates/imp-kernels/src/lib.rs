@@ -19,8 +19,9 @@
 //! functions, [`flash::attention`]). Every family has a portable scalar path, the reference that
 //! the tests run every other path this CPU (or qemu, for NEON) runs against.
 //!
-//! The tensor-level functions stand in for candle's ops only where [`host::fast_path`] says so:
-//! CPU tensors of one float dtype that track no gradients; everything else stays with candle.
+//! The tensor-level functions are candle ops (CPU forward passes only): callers use them where
+//! [`host::fast_path`] allows, for CPU tensors of one float dtype that track no gradients, and
+//! keep candle's ops for other devices and for training.
 
 mod act;
 pub mod cpu;

@@ -1,11 +1,11 @@
 //! LayerNorm and RMSNorm over the last dimension, rows spread over every core, in f32 with the
 //! two-pass variance (candle's fused op subtracts the squared mean, which loses digits).
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::Isa;
-use crate::host::{self, contiguous, narrow_into, widen, Element, FloatOp};
+use crate::host::{contiguous, narrow_into, widen, CustomOp, Element, FloatOp};
 use crate::simd::{self, load_or_pad, store_or_trim, Kernel, Simd};
 use crate::{Error, Result};
 
@@ -190,6 +190,8 @@ struct LayerNormOp {
 }
 
 impl FloatOp<3> for LayerNormOp {
+    const NAME: &'static str = "imp-layer-norm";
+
     fn forward<T: Element>(
         &self,
         [x, weight, bias]: [(&[T], &Layout); 3],
@@ -198,29 +200,13 @@ impl FloatOp<3> for LayerNormOp {
     }
 }
 
-impl CustomOp3 for LayerNormOp {
-    fn name(&self) -> &'static str {
-        "imp-layer-norm"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        lx: &Layout,
-        w: &CpuStorage,
-        lw: &Layout,
-        b: &CpuStorage,
-        lb: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        host::forward(self.name(), self, [(x, lx), (w, lw), (b, lb)])
-    }
-}
-
 struct RmsNormOp {
     eps: f32,
 }
 
 impl FloatOp<2> for RmsNormOp {
+    const NAME: &'static str = "imp-rms-norm";
+
     fn forward<T: Element>(
         &self,
         [x, weight]: [(&[T], &Layout); 2],
@@ -229,30 +215,15 @@ impl FloatOp<2> for RmsNormOp {
     }
 }
 
-impl CustomOp2 for RmsNormOp {
-    fn name(&self) -> &'static str {
-        "imp-rms-norm"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        lx: &Layout,
-        w: &CpuStorage,
-        lw: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        host::forward(self.name(), self, [(x, lx), (w, lw)])
-    }
-}
-
 /// Layer norm over the last dimension of a CPU tensor (see [`crate::host::fast_path`]).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let op = LayerNormOp { eps: eps as f32 };
-    Ok(x.contiguous()?.apply_op3_no_bwd(weight, bias, &op)?)
+    Ok(x.contiguous()?
+        .apply_op3_no_bwd(weight, bias, &CustomOp(op))?)
 }
 
 /// RMS norm over the last dimension of a CPU tensor (see [`crate::host::fast_path`]).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let op = RmsNormOp { eps: eps as f32 };
-    Ok(x.contiguous()?.apply_op2_no_bwd(weight, &op)?)
+    Ok(x.contiguous()?.apply_op2_no_bwd(weight, &CustomOp(op))?)
 }
