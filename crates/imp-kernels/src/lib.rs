@@ -19,9 +19,10 @@
 //! functions, [`flash::attention`]). Every family has a portable scalar path, the reference that
 //! the tests run every other path this CPU (or qemu, for NEON) runs against.
 //!
-//! The tensor-level functions are candle ops (CPU forward passes only): callers use them where
-//! [`host::fast_path`] allows, for CPU tensors of one float dtype that track no gradients, and
-//! keep candle's ops for other devices and for training.
+//! The tensor-level functions are candle ops with a CPU forward pass only, for CPU tensors of one
+//! float dtype that track no gradients ([`host::fast_path`]); other devices and training keep
+//! candle's ops (the GELU functions fall back to them themselves, attention and norm callers
+//! check first).
 
 mod act;
 pub mod cpu;
