@@ -1,6 +1,6 @@
 //! Fused ("flash") attention on the CPU: `softmax(q·kᵀ·scale)·v` per head without the
 //! `[heads, queries, keys]` score tensor. Keys and values stream through in blocks of
-//! [`KEY_BLOCK`]; each query row keeps a running maximum and sum (the online softmax), so that
+//! `KEY_BLOCK`; each query row keeps a running maximum and sum (the online softmax), so that
 //! only a small tile of scores exists at a time. All arithmetic is f32.
 //!
 //! Two schedules, both parallel over heads × query rows on rayon's pool (candle's thread count):

@@ -115,7 +115,7 @@ pub trait FloatOp<const N: usize> {
 pub struct CustomOp<O>(pub O);
 
 impl<O> CustomOp<O> {
-    /// `op` on operands that share a float dtype; any other mix is an error naming the op.
+    /// The op on operands that share a float dtype; any other mix is an error naming the op.
     fn forward<const N: usize>(
         &self,
         operands: [(&CpuStorage, &Layout); N],

@@ -6,7 +6,7 @@
 //! hardware prefetchers follow at full memory bandwidth. Each packed type keeps one copy of the
 //! weights, and what it computes is exactly the GGML format's values times the activations.
 //!
-//! `y = x · Wᵀ` quantizes `x` per 32-value block to int8 ([`crate::act`]), takes integer dot
+//! `y = x · Wᵀ` quantizes `x` per 32-value block to int8 (`act.rs`), takes integer dot
 //! products per 32 values (exact) and scales them with both sides' scales, as GGML's own
 //! products with q8 activations do. A format ([`PackedFormat`]) says how its tiles are laid out
 //! and brings one kernel per path of [`PATHS`] ([`Kernels`]); everything else is written once
@@ -96,6 +96,7 @@ pub trait PackedFormat: 'static {
     fn check(tile: &Self::Tile<'_>, blocks: usize);
     /// Bytes the kernels stream per product: nibbles and scales, tile padding included.
     fn size_in_bytes(store: &Self::Store) -> usize;
+    /// The format's kernel for each path.
     fn kernels<'a>() -> Kernels<Self::Tile<'a>>;
 }
 
