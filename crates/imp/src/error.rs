@@ -51,6 +51,9 @@ pub enum Error {
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    #[error(transparent)]
+    Kernels(#[from] imp_kernels::Error),
 }
 
 impl Error {

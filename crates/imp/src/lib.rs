@@ -39,9 +39,6 @@ mod session;
 pub mod template;
 pub mod tokenizer;
 
-// Moving to a crate of its own.
-pub mod kernels;
-
 pub use error::{Error, Result};
 pub use generate::{
     encode_images, generate, generate_in, generate_prepared, FinishReason, Generation,

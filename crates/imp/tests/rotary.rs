@@ -2,8 +2,8 @@
 //! fused attention takes, or decoding silently falls back to candle's slower attention.
 
 use candle_core::{DType, Device, Tensor, D};
-use imp::kernels::flash;
 use imp::nn::attention::Rotary;
+use imp_kernels::flash;
 
 #[test]
 fn partial_rotary_is_fused_attention_ready_and_correct() -> Result<(), Box<dyn std::error::Error>> {

@@ -2,9 +2,9 @@
 //! mask and rotary position embeddings.
 
 use candle_core::{DType, Device, Tensor, D};
+use imp_kernels::flash::{self, Visibility};
+use imp_kernels::host::fast_path;
 
-use crate::kernels::flash::{self, Visibility};
-use crate::kernels::host::fast_path;
 use crate::Result;
 
 /// Scaled dot-product attention over `[.., heads, tokens, head_dim]`, query `i` seeing every key
@@ -22,7 +22,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, causal_past: Option<usize>) ->
             Some(past) => Visibility::Causal { past },
             None => Visibility::All,
         };
-        return flash::flash_attention(q, k, v, scale, visibility);
+        return Ok(flash::flash_attention(q, k, v, scale, visibility)?);
     }
     attend_candle(q, k, v, causal_past)
 }

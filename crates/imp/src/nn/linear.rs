@@ -1,14 +1,14 @@
 //! The layers that hold weight matrices: the linear layer every model part uses and the token
 //! embedding. They hide the weight format (dense f32/f16/bf16, GGML blocks through candle's
-//! `QMatMul`, or Q4_0 and Q4_K on the CPU through our own [`kernels`](crate::kernels)), so the
+//! `QMatMul`, or Q4_0 and Q4_K on the CPU through our own [`kernels`](imp_kernels)), so the
 //! model definitions never change when the storage does.
 
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Module, Tensor, D};
+use imp_kernels::{PackedQ4K, PackedQ4_0};
 
-use crate::kernels::q4::{PackedQ4K, PackedQ4_0};
 use crate::quant::Matrix;
 use crate::Result;
 

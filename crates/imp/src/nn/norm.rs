@@ -1,8 +1,8 @@
 //! Normalisation layers: LayerNorm (SigLIP, Phi-2) and RMSNorm (Qwen2, Phi-3).
 
 use candle_core::{Module, Tensor};
+use imp_kernels::{self as kernels, host::fast_path};
 
-use crate::kernels::{self, host::fast_path};
 use crate::Result;
 
 #[derive(Debug, Clone)]

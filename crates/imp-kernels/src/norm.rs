@@ -1,11 +1,12 @@
 //! LayerNorm and RMSNorm over the last dimension, rows spread over every core, in f32 with the
 //! two-pass variance (candle's fused op subtracts the squared mean, which loses digits).
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::host::{contiguous, narrow_into, widen, Element};
-use super::simd::{load_or_pad, store_or_trim, Isa, Kernel, Simd};
+use crate::cpu::Isa;
+use crate::host::{contiguous, narrow_into, widen, CustomOp, Element, FloatOp};
+use crate::simd::{self, load_or_pad, store_or_trim, Kernel, Simd};
 use crate::{Error, Result};
 
 /// Elements per parallel task (whole rows).
@@ -21,11 +22,10 @@ pub fn layer_norm_slice<T: Element>(
     y: &mut [T],
 ) -> Result<()> {
     if bias.len() != weight.len() {
-        return Err(Error::InvalidArgument(format!(
-            "layer norm: {} bias values for {} weights",
-            bias.len(),
-            weight.len()
-        )));
+        return Err(Error::operands(
+            "layer norm",
+            format!("{} bias values for {} weights", bias.len(), weight.len()),
+        ));
     }
     rows(isa, x, weight, Some(bias), eps, y)
 }
@@ -52,11 +52,14 @@ fn rows<T: Element>(
 ) -> Result<()> {
     let width = weight.len();
     if width == 0 || !x.len().is_multiple_of(width) || x.len() != y.len() {
-        return Err(Error::InvalidArgument(format!(
-            "norm: {} inputs and {} outputs are not rows of the {width} weights",
-            x.len(),
-            y.len()
-        )));
+        return Err(Error::operands(
+            "norm",
+            format!(
+                "{} inputs and {} outputs are not rows of the {width} weights",
+                x.len(),
+                y.len()
+            ),
+        ));
     }
     let chunk = (CHUNK / width).max(1) * width;
     x.par_chunks(chunk)
@@ -67,13 +70,16 @@ fn rows<T: Element>(
             let weight = widen(weight, &mut wide_w);
             let bias = bias.map(|b| widen(b, &mut wide_b));
             narrow_into(y, |y| {
-                isa.run(NormRows {
-                    x,
-                    weight,
-                    bias,
-                    eps,
-                    y,
-                })
+                simd::run(
+                    isa,
+                    NormRows {
+                        x,
+                        weight,
+                        bias,
+                        eps,
+                        y,
+                    },
+                )
             });
         });
     Ok(())
@@ -167,12 +173,13 @@ fn forward<T: Element>(
         );
     }
     let mut y = vec![T::default(); values.len()];
+    let isa = simd::best();
     let done = match bias {
         Some((bias, layout)) => {
             let bias = contiguous(bias, layout)?;
-            layer_norm_slice(Isa::best(), values, weight, bias, eps, &mut y)
+            layer_norm_slice(isa, values, weight, bias, eps, &mut y)
         }
-        None => rms_norm_slice(Isa::best(), values, weight, eps, &mut y),
+        None => rms_norm_slice(isa, values, weight, eps, &mut y),
     };
     done.map_err(candle_core::Error::wrap)?;
     Ok((T::into_storage(y), x.1.shape().clone()))
@@ -182,29 +189,14 @@ struct LayerNormOp {
     eps: f32,
 }
 
-impl CustomOp3 for LayerNormOp {
-    fn name(&self) -> &'static str {
-        "imp-layer-norm"
-    }
+impl FloatOp<3> for LayerNormOp {
+    const NAME: &'static str = "imp-layer-norm";
 
-    fn cpu_fwd(
+    fn forward<T: Element>(
         &self,
-        x: &CpuStorage,
-        lx: &Layout,
-        w: &CpuStorage,
-        lw: &Layout,
-        b: &CpuStorage,
-        lb: &Layout,
+        [x, weight, bias]: [(&[T], &Layout); 3],
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use CpuStorage as C;
-        match (x, w, b) {
-            (C::F32(x), C::F32(w), C::F32(b)) => forward((x, lx), (w, lw), Some((b, lb)), self.eps),
-            (C::F16(x), C::F16(w), C::F16(b)) => forward((x, lx), (w, lw), Some((b, lb)), self.eps),
-            (C::BF16(x), C::BF16(w), C::BF16(b)) => {
-                forward((x, lx), (w, lw), Some((b, lb)), self.eps)
-            }
-            _ => candle_core::bail!("imp-layer-norm: x, weight and bias must share a float dtype"),
-        }
+        forward(x, weight, Some(bias), self.eps)
     }
 }
 
@@ -212,36 +204,26 @@ struct RmsNormOp {
     eps: f32,
 }
 
-impl CustomOp2 for RmsNormOp {
-    fn name(&self) -> &'static str {
-        "imp-rms-norm"
-    }
+impl FloatOp<2> for RmsNormOp {
+    const NAME: &'static str = "imp-rms-norm";
 
-    fn cpu_fwd(
+    fn forward<T: Element>(
         &self,
-        x: &CpuStorage,
-        lx: &Layout,
-        w: &CpuStorage,
-        lw: &Layout,
+        [x, weight]: [(&[T], &Layout); 2],
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use CpuStorage as C;
-        match (x, w) {
-            (C::F32(x), C::F32(w)) => forward((x, lx), (w, lw), None, self.eps),
-            (C::F16(x), C::F16(w)) => forward((x, lx), (w, lw), None, self.eps),
-            (C::BF16(x), C::BF16(w)) => forward((x, lx), (w, lw), None, self.eps),
-            _ => candle_core::bail!("imp-rms-norm: x and weight must share a float dtype"),
-        }
+        forward(x, weight, None, self.eps)
     }
 }
 
-/// Layer norm over the last dimension of a CPU tensor (see [`super::host::fast_path`]).
+/// Layer norm over the last dimension of a CPU tensor (see [`crate::host::fast_path`]).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let op = LayerNormOp { eps: eps as f32 };
-    Ok(x.contiguous()?.apply_op3_no_bwd(weight, bias, &op)?)
+    Ok(x.contiguous()?
+        .apply_op3_no_bwd(weight, bias, &CustomOp(op))?)
 }
 
-/// RMS norm over the last dimension of a CPU tensor (see [`super::host::fast_path`]).
+/// RMS norm over the last dimension of a CPU tensor (see [`crate::host::fast_path`]).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let op = RmsNormOp { eps: eps as f32 };
-    Ok(x.contiguous()?.apply_op2_no_bwd(weight, &op)?)
+    Ok(x.contiguous()?.apply_op2_no_bwd(weight, &CustomOp(op))?)
 }

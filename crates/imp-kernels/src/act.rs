@@ -4,10 +4,11 @@
 
 use rayon::prelude::*;
 
-use super::BLOCK;
+/// Values per activation block (and per Q4_0 block and Q4_K sub-block).
+pub const BLOCK: usize = 32;
 
 /// `m` rows of `blocks * 32` values.
-pub(super) struct Activations {
+pub(crate) struct Activations {
     qs: Vec<i8>,
     d: Vec<f32>,
     /// `Σq` per block: the SIMD paths multiply unsigned weight nibbles and correct for their
@@ -18,7 +19,7 @@ pub(super) struct Activations {
 
 impl Activations {
     /// `x[m, blocks * 32]`, row-major.
-    pub(super) fn quantize(x: &[f32], blocks: usize) -> Self {
+    pub(crate) fn quantize(x: &[f32], blocks: usize) -> Self {
         let width = blocks * BLOCK;
         let rows = x.len() / width;
         let mut qs = vec![0i8; rows * width];
@@ -49,7 +50,7 @@ impl Activations {
     }
 
     /// Rows `start..start + len`.
-    pub(super) fn slice(&self, start: usize, len: usize) -> Rows<'_> {
+    pub(crate) fn slice(&self, start: usize, len: usize) -> Rows<'_> {
         Rows {
             qs: &self.qs,
             d: &self.d,
@@ -85,7 +86,7 @@ fn round(v: f32) -> i32 {
 
 /// A few consecutive quantized rows, the unit one kernel call multiplies with a weight tile.
 #[derive(Clone, Copy)]
-pub(super) struct Rows<'a> {
+pub struct Rows<'a> {
     qs: &'a [i8],
     d: &'a [f32],
     sums: &'a [i32],
@@ -93,12 +94,12 @@ pub(super) struct Rows<'a> {
 }
 
 impl<'a> Rows<'a> {
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.d.len() / self.blocks
     }
 
     /// Rows `start..start + len` of these.
-    pub(super) fn slice(&self, start: usize, len: usize) -> Rows<'a> {
+    pub(crate) fn slice(&self, start: usize, len: usize) -> Rows<'a> {
         let (b, w) = (self.blocks, self.blocks * BLOCK);
         Rows {
             qs: &self.qs[start * w..(start + len) * w],
@@ -108,23 +109,23 @@ impl<'a> Rows<'a> {
         }
     }
 
-    pub(super) fn blocks(&self) -> usize {
+    pub(crate) fn blocks(&self) -> usize {
         self.blocks
     }
 
     /// Row `r`'s int8 values, `blocks * 32` of them.
-    pub(super) fn qs(&self, r: usize) -> &'a [i8] {
+    pub(crate) fn qs(&self, r: usize) -> &'a [i8] {
         let w = self.blocks * BLOCK;
         &self.qs[r * w..(r + 1) * w]
     }
 
     /// Row `r`'s block scales.
-    pub(super) fn d(&self, r: usize) -> &'a [f32] {
+    pub(crate) fn d(&self, r: usize) -> &'a [f32] {
         &self.d[r * self.blocks..(r + 1) * self.blocks]
     }
 
     /// Row `r`'s sums of int8 values per block.
-    pub(super) fn sums(&self, r: usize) -> &'a [i32] {
+    pub(crate) fn sums(&self, r: usize) -> &'a [i32] {
         &self.sums[r * self.blocks..(r + 1) * self.blocks]
     }
 }

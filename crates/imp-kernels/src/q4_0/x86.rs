@@ -7,30 +7,15 @@
 use std::arch::x86_64::*;
 use std::array;
 
-use super::act::Rows;
-use super::q4_0::{Tile, BLOCK_BYTES};
-use super::{Isa, BLOCK, LANES, MAX_ROWS};
-
-/// Panics unless `isa` runs here and the lengths fit: the kernels' pointer arithmetic and
-/// instructions rely on both.
-pub(super) fn check(isa: Isa, tile: &Tile<'_>, rows: &Rows<'_>, out: &[[f32; LANES]]) {
-    assert!(isa.is_available());
-    tile.check(rows.blocks());
-    assert_eq!(out.len(), rows.len());
-    assert!((1..=MAX_ROWS).contains(&out.len()));
-}
-
-/// Reads activation bytes `i..i + 4` of a row as one i32, to broadcast.
-///
-/// Safety: `i + 4 <= len` of the row `x` points to.
-#[inline(always)]
-pub(super) unsafe fn quad(x: *const i8, i: usize) -> i32 {
-    x.add(i).cast::<i32>().read_unaligned()
-}
+use super::{Tile, BLOCK_BYTES, Q4_0};
+use crate::act::{Rows, BLOCK};
+use crate::cpu::Isa;
+use crate::packed::x86::quad;
+use crate::packed::{check_call, in_groups, LANES};
 
 pub(super) fn avx512_vnni(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
-    check(Isa::Avx512Vnni, &tile, &rows, out);
-    // Safety: `check` made sure of the CPU features and the lengths.
+    check_call::<Q4_0>(Isa::Avx512Vnni, &tile, &rows, out);
+    // Safety: `check_call` made sure of the CPU features and the lengths.
     unsafe {
         match out.len() {
             1 => vnni::<1>(tile, rows, out),
@@ -46,11 +31,10 @@ pub(super) fn avx512_vnni(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES
 }
 
 pub(super) fn avx2(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
-    check(Isa::Avx2, &tile, &rows, out);
+    check_call::<Q4_0>(Isa::Avx2, &tile, &rows, out);
     // At most 4 rows at once: 2 registers per row fill the 16 of AVX2.
-    for (first, out) in (0..rows.len()).step_by(4).zip(out.chunks_mut(4)) {
-        let rows = rows.slice(first, out.len());
-        // Safety: `check` made sure of the CPU features and the lengths.
+    in_groups(rows, out, 4, |rows, out| {
+        // Safety: `check_call` made sure of the CPU features and the lengths.
         unsafe {
             match out.len() {
                 1 => avx2_rows::<1>(tile, rows, out),
@@ -59,12 +43,12 @@ pub(super) fn avx2(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
                 _ => avx2_rows::<4>(tile, rows, out),
             }
         }
-    }
+    });
 }
 
 /// One tile against `R` rows (`R == out.len()`), all 16 lanes per register.
 ///
-/// Safety: the CPU has AVX-512 F, BW and VNNI; the lengths passed `check`.
+/// Safety: the CPU has AVX-512 F, BW and VNNI; the lengths passed `check_call`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm512_set1_epi8(0x0F);
@@ -108,7 +92,7 @@ unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; 
 
 /// One tile against `R` rows (`R == out.len()`), 8 lanes per register, the two halves in turn.
 ///
-/// Safety: the CPU has AVX2, FMA and F16C; the lengths passed `check`.
+/// Safety: the CPU has AVX2, FMA and F16C; the lengths passed `check_call`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm256_set1_epi8(0x0F);

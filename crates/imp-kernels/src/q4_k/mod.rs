@@ -9,52 +9,36 @@
 //! `32p + 4g..32p + 4g + 4`. That is 2368 bytes per 16 · 256 values, 2.8% more than GGML's
 //! 2304, for scales the kernels load without bit fiddling.
 
-use std::fmt;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use half::f16;
 use rayon::prelude::*;
 
-use super::act::Rows;
-use super::{Isa, BLOCK, LANES};
-use crate::Result;
+use crate::act::{Rows, BLOCK};
+use crate::packed::{Kernels, Packed, PackedFormat, LANES};
 
 /// Values in a super-block.
-pub(super) const SUPER: usize = 256;
+const SUPER: usize = 256;
 /// Sub-blocks (of 32 values) in a super-block.
-pub(super) const SUBS: usize = SUPER / BLOCK;
+const SUBS: usize = SUPER / BLOCK;
 /// Bytes of a GGML Q4_K super-block: `d`, `dmin`, 12 bytes of 6-bit scales, 128 of nibbles.
 const GGML_SUPER_BYTES: usize = 4 + 12 + SUPER / 2;
 /// Packed bytes of one super-block of a tile: sub-block scales and minimums.
-pub(super) const SM_BYTES: usize = 2 * SUBS * LANES;
+const SM_BYTES: usize = 2 * SUBS * LANES;
 /// Packed nibble bytes of one super-block of a tile.
-pub(super) const QUANT_BYTES: usize = LANES * SUPER / 2;
+const QUANT_BYTES: usize = LANES * SUPER / 2;
 
-/// One tile's super-block scales `[super][d, dmin][lane]`, sub-block scales and minimums
-/// `[super][sc, m][sub][lane]` and nibbles `[super][2048 bytes]`.
-#[derive(Clone, Copy)]
-pub(super) struct Tile<'a> {
-    pub(super) dd: &'a [f16],
-    pub(super) sm: &'a [u8],
-    pub(super) quants: &'a [u8],
-}
-
-impl Tile<'_> {
-    /// Panics unless the tile holds the super-blocks of `blocks` sub-blocks: the SIMD kernels'
-    /// pointer arithmetic relies on it.
-    pub(super) fn check(&self, blocks: usize) {
-        assert!(blocks.is_multiple_of(SUBS));
-        let supers = blocks / SUBS;
-        assert_eq!(self.dd.len(), supers * 2 * LANES);
-        assert_eq!(self.sm.len(), supers * SM_BYTES);
-        assert_eq!(self.quants.len(), supers * QUANT_BYTES);
-    }
-}
+/// The Q4_K format in the tile layout of the module doc.
+pub struct Q4K;
 
 /// A Q4_K matrix `[out, in]` in the tile layout of the module doc.
-pub struct PackedQ4K {
-    out: usize,
-    supers: usize,
+pub type PackedQ4K = Packed<Q4K>;
+
+/// A whole matrix's scales, minimums and nibbles.
+pub struct Store {
     /// `[tile][super][d, dmin][lane]`; the lanes past `out` of the last tile are zero.
     dd: Vec<f16>,
     /// `[tile][super][sc, m][sub][lane]`.
@@ -63,10 +47,13 @@ pub struct PackedQ4K {
     quants: Vec<u8>,
 }
 
-impl fmt::Debug for PackedQ4K {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PackedQ4K[{}, {}]", self.out, self.in_features())
-    }
+/// One tile's super-block scales `[super][d, dmin][lane]`, sub-block scales and minimums
+/// `[super][sc, m][sub][lane]` and nibbles `[super][2048 bytes]`.
+#[derive(Clone, Copy)]
+pub struct Tile<'a> {
+    dd: &'a [f16],
+    sm: &'a [u8],
+    quants: &'a [u8],
 }
 
 /// The 6-bit scale and minimum of sub-block `s` from a super-block's 12 packed bytes: the
@@ -82,11 +69,14 @@ fn scale_min(packed: &[u8], s: usize) -> (u8, u8) {
     }
 }
 
-impl PackedQ4K {
-    /// Repacks the GGML Q4_K bytes of a matrix `[out, in]`, `in` a multiple of 256.
-    pub fn from_ggml(data: &[u8], out: usize, in_features: usize) -> Result<Self> {
-        let supers =
-            super::ggml_blocks_per_row("q4_k", data, out, in_features, SUPER, GGML_SUPER_BYTES)?;
+impl PackedFormat for Q4K {
+    const NAME: &'static str = "q4_k";
+    const GGML_BLOCK: usize = SUPER;
+    const GGML_BLOCK_BYTES: usize = GGML_SUPER_BYTES;
+    type Store = Store;
+    type Tile<'a> = Tile<'a>;
+
+    fn repack(data: &[u8], out: usize, supers: usize) -> Store {
         let row_bytes = supers * GGML_SUPER_BYTES;
         let tiles = out.div_ceil(LANES);
         let mut dd = vec![f16::ZERO; tiles * supers * 2 * LANES];
@@ -117,67 +107,40 @@ impl PackedQ4K {
                     }
                 }
             });
-        Ok(Self {
-            out,
-            supers,
-            dd,
-            sm,
-            quants,
-        })
+        Store { dd, sm, quants }
     }
 
-    pub fn out_features(&self) -> usize {
-        self.out
-    }
-
-    pub fn in_features(&self) -> usize {
-        self.supers * SUPER
-    }
-
-    /// Bytes the kernels stream per product: nibbles and scales, tile padding included.
-    pub fn size_in_bytes(&self) -> usize {
-        self.quants.len() + self.sm.len() + self.dd.len() * 2
-    }
-
-    fn tile(&self, t: usize) -> Tile<'_> {
-        let n = self.supers;
+    fn tile(store: &Store, supers: usize, t: usize) -> Tile<'_> {
+        let n = supers;
         Tile {
-            dd: &self.dd[t * n * 2 * LANES..(t + 1) * n * 2 * LANES],
-            sm: &self.sm[t * n * SM_BYTES..(t + 1) * n * SM_BYTES],
-            quants: &self.quants[t * n * QUANT_BYTES..(t + 1) * n * QUANT_BYTES],
+            dd: &store.dd[t * n * 2 * LANES..(t + 1) * n * 2 * LANES],
+            sm: &store.sm[t * n * SM_BYTES..(t + 1) * n * SM_BYTES],
+            quants: &store.quants[t * n * QUANT_BYTES..(t + 1) * n * QUANT_BYTES],
         }
     }
 
-    /// `y[m, out] = x[m, in] · Wᵀ` with the fastest kernel of this CPU.
-    pub fn matmul(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
-        self.matmul_with(Isa::best(), x, y)
+    fn check(tile: &Tile<'_>, blocks: usize) {
+        assert!(blocks.is_multiple_of(SUBS));
+        let supers = blocks / SUBS;
+        assert_eq!(tile.dd.len(), supers * 2 * LANES);
+        assert_eq!(tile.sm.len(), supers * SM_BYTES);
+        assert_eq!(tile.quants.len(), supers * QUANT_BYTES);
     }
 
-    /// `y[m, out] = x[m, in] · Wᵀ` with the kernel for `isa`.
-    pub fn matmul_with(&self, isa: Isa, x: &[f32], y: &mut [f32]) -> Result<()> {
-        let kernel = kernel(isa).ok_or_else(|| isa.unavailable())?;
-        let blocks = self.supers * SUBS;
-        super::matmul(kernel, |t| self.tile(t), self.out, blocks, x, y)
+    fn size_in_bytes(store: &Store) -> usize {
+        store.quants.len() + store.sm.len() + store.dd.len() * 2
     }
-}
 
-/// A kernel for Q4_K tiles (see [`super::Kernel`]).
-type TileKernel = fn(Tile<'_>, Rows<'_>, &mut [[f32; LANES]]);
-
-/// The kernel for `isa`, where this CPU runs it.
-fn kernel(isa: Isa) -> Option<TileKernel> {
-    if !isa.is_available() {
-        return None;
-    }
-    match isa {
-        Isa::Scalar => Some(scalar),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => Some(super::x86_k::avx2),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => Some(super::x86_k::avx512_vnni),
-        #[cfg(target_arch = "aarch64")]
-        Isa::NeonDotprod => Some(super::neon_k::dotprod),
-        _ => None,
+    fn kernels<'a>() -> Kernels<Tile<'a>> {
+        Kernels {
+            scalar,
+            #[cfg(target_arch = "x86_64")]
+            avx2: x86::avx2,
+            #[cfg(target_arch = "x86_64")]
+            avx512_vnni: x86::avx512_vnni,
+            #[cfg(target_arch = "aarch64")]
+            neon_dotprod: neon::dotprod,
+        }
     }
 }
 
@@ -210,22 +173,5 @@ fn scalar(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
                 }
             }
         }
-    }
-}
-
-impl CustomOp1 for PackedQ4K {
-    fn name(&self) -> &'static str {
-        "q4_k-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (out, width) = (self.out, self.in_features());
-        super::cpu_fwd(self.name(), out, width, storage, layout, |x, y| {
-            self.matmul(x, y)
-        })
     }
 }

@@ -1,4 +1,4 @@
-//! x86-64 Q4_K kernels, the Q4_0 scheme of `x86.rs` on the Q4_K layout: the low nibbles of a
+//! x86-64 Q4_K kernels, the Q4_0 scheme of `q4_0/x86.rs` on the Q4_K layout: the low nibbles of a
 //! 64-byte group row belong to sub-block `2p`, the high ones to `2p + 1`, so each chunk gives
 //! two independent dot-product chains. The nibbles are unsigned as stored; the minimum term
 //! `dmin · m · d_x · Σx` is subtracted in f32.
@@ -6,26 +6,17 @@
 use std::arch::x86_64::*;
 use std::array;
 
-use super::act::Rows;
-use super::q4_k::{Tile, QUANT_BYTES, SM_BYTES, SUBS};
-use super::x86::quad;
-use super::{Isa, BLOCK, LANES, MAX_ROWS};
-
-/// Panics unless `isa` runs here and the lengths fit: the kernels' pointer arithmetic and
-/// instructions rely on both.
-fn check(isa: Isa, tile: &Tile<'_>, rows: &Rows<'_>, out: &[[f32; LANES]]) {
-    assert!(isa.is_available());
-    tile.check(rows.blocks());
-    assert_eq!(out.len(), rows.len());
-    assert!((1..=MAX_ROWS).contains(&out.len()));
-}
+use super::{Tile, Q4K, QUANT_BYTES, SM_BYTES, SUBS};
+use crate::act::{Rows, BLOCK};
+use crate::cpu::Isa;
+use crate::packed::x86::quad;
+use crate::packed::{check_call, in_groups, LANES};
 
 pub(super) fn avx512_vnni(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
-    check(Isa::Avx512Vnni, &tile, &rows, out);
+    check_call::<Q4K>(Isa::Avx512Vnni, &tile, &rows, out);
     // At most 4 rows at once: 3 registers per row, and the weights and scales.
-    for (first, out) in (0..rows.len()).step_by(4).zip(out.chunks_mut(4)) {
-        let rows = rows.slice(first, out.len());
-        // Safety: `check` made sure of the CPU features and the lengths.
+    in_groups(rows, out, 4, |rows, out| {
+        // Safety: `check_call` made sure of the CPU features and the lengths.
         unsafe {
             match out.len() {
                 1 => vnni::<1>(tile, rows, out),
@@ -34,27 +25,26 @@ pub(super) fn avx512_vnni(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES
                 _ => vnni::<4>(tile, rows, out),
             }
         }
-    }
+    });
 }
 
 pub(super) fn avx2(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
-    check(Isa::Avx2, &tile, &rows, out);
+    check_call::<Q4K>(Isa::Avx2, &tile, &rows, out);
     // At most 2 rows at once: 3 registers per row, and the weights and scales.
-    for (first, out) in (0..rows.len()).step_by(2).zip(out.chunks_mut(2)) {
-        let rows = rows.slice(first, out.len());
-        // Safety: `check` made sure of the CPU features and the lengths.
+    in_groups(rows, out, 2, |rows, out| {
+        // Safety: `check_call` made sure of the CPU features and the lengths.
         unsafe {
             match out.len() {
                 1 => avx2_rows::<1>(tile, rows, out),
                 _ => avx2_rows::<2>(tile, rows, out),
             }
         }
-    }
+    });
 }
 
 /// One tile against `R` rows (`R == out.len()`), all 16 lanes per register.
 ///
-/// Safety: the CPU has AVX-512 F, BW and VNNI; the lengths passed `check`.
+/// Safety: the CPU has AVX-512 F, BW and VNNI; the lengths passed `check_call`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm512_set1_epi8(0x0F);
@@ -109,7 +99,7 @@ unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; 
 
 /// One tile against `R` rows (`R == out.len()`), 8 lanes per register, the two halves in turn.
 ///
-/// Safety: the CPU has AVX2, FMA and F16C; the lengths passed `check`.
+/// Safety: the CPU has AVX2, FMA and F16C; the lengths passed `check_call`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm256_set1_epi8(0x0F);

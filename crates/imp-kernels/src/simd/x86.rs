@@ -7,6 +7,7 @@
 use std::arch::x86_64::*;
 
 use super::{Kernel, Simd};
+use crate::cpu::Isa;
 
 /// Proof that the CPU has AVX2 and FMA.
 #[derive(Debug, Clone, Copy)]
@@ -14,7 +15,7 @@ pub struct Avx2(());
 
 impl Avx2 {
     pub fn detect() -> Option<Self> {
-        (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")).then_some(Self(()))
+        Isa::Avx2.is_available().then_some(Self(()))
     }
 }
 
@@ -24,7 +25,7 @@ pub struct Avx512(());
 
 impl Avx512 {
     pub fn detect() -> Option<Self> {
-        is_x86_feature_detected!("avx512f").then_some(Self(()))
+        Isa::Avx512.is_available().then_some(Self(()))
     }
 }
 

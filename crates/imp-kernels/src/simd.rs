@@ -1,13 +1,13 @@
-//! The small SIMD vocabulary the fused kernels ([`super::flash`], [`super::norm`],
-//! [`super::gelu`]) are written in: each kernel is written once against [`Simd`] and compiled
-//! for every instruction set, and [`Isa`] picks one at run time.
+//! The small SIMD vocabulary the fused kernels ([`crate::flash`], [`crate::norm`],
+//! [`crate::gelu`]) are written in: each kernel is written once against [`Simd`] and compiled
+//! for every path in [`PATHS`], and [`run`] enters the one asked for.
 //!
 //! Closures must not carry vector code: a closure is a function of its own, compiled without
 //! the instruction set's features, so its intrinsics would not inline. Hence plain loops.
 //!
 //! Soundness rests on tokens: a value of an instruction set's type ([`Scalar`] or the ones in
 //! `x86` / `neon`) is only made where the CPU has been seen to support it, so its methods may
-//! use the intrinsics. [`Isa::run`] calls a [`Kernel`] inside a function compiled with the
+//! use the intrinsics. [`run`] calls a [`Kernel`] inside a function compiled with the
 //! instruction set's features, into which the kernel's `#[inline(always)]` code is inlined.
 
 #[cfg(target_arch = "aarch64")]
@@ -15,7 +15,7 @@ mod neon;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use std::sync::OnceLock;
+use crate::cpu::Isa;
 
 /// Vectors of f32 lanes. Loads and stores take slices and panic when they are shorter than a
 /// vector; everything else is plain arithmetic.
@@ -135,61 +135,28 @@ pub trait Kernel {
     fn run<S: Simd>(self, s: S) -> Self::Output;
 }
 
-/// The instruction sets the fused kernels are compiled for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    Scalar,
-    /// AVX2 with FMA.
-    Avx2,
-    /// AVX-512 F.
-    Avx512,
-    Neon,
+/// The instruction sets the fused kernels are compiled for, the slowest first.
+pub const PATHS: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
+
+/// The fastest path of the fused kernels this CPU runs.
+pub fn best() -> Isa {
+    Isa::best_of(&PATHS)
 }
 
-impl Isa {
-    /// Whether this CPU runs `self`.
-    pub fn supported(self) -> bool {
-        match self {
-            Isa::Scalar => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => x86::Avx2::detect().is_some(),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => x86::Avx512::detect().is_some(),
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => neon::Neon::detect().is_some(),
-            #[allow(unreachable_patterns)]
-            _ => false,
-        }
-    }
-
-    /// The paths this CPU runs, slowest first.
-    pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Neon, Isa::Avx2, Isa::Avx512]
-            .into_iter()
-            .filter(|isa| isa.supported())
-            .collect()
-    }
-
-    /// The fastest path this CPU runs.
-    pub fn best() -> Isa {
-        static BEST: OnceLock<Isa> = OnceLock::new();
-        *BEST.get_or_init(|| *Isa::available().last().expect("the scalar path"))
-    }
-
-    /// Runs `kernel` compiled for `self`. Panics if this CPU lacks it (see [`Isa::supported`]).
-    #[inline]
-    pub fn run<K: Kernel>(self, kernel: K) -> K::Output {
-        match self {
-            Isa::Scalar => kernel.run(Scalar),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => x86::run_avx2(kernel),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => x86::run_avx512(kernel),
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => neon::run_neon(kernel),
-            #[allow(unreachable_patterns)]
-            _ => panic!("{self:?} is not available on this CPU"),
-        }
+/// Runs `kernel` compiled for `isa`. Panics unless `isa` is one of [`PATHS`] and this CPU runs
+/// it.
+#[inline]
+pub fn run<K: Kernel>(isa: Isa, kernel: K) -> K::Output {
+    match isa {
+        Isa::Scalar => kernel.run(Scalar),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::run_avx2(kernel),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::run_avx512(kernel),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => neon::run_neon(kernel),
+        #[allow(unreachable_patterns)]
+        _ => panic!("the fused kernels have no {isa:?} path for this CPU"),
     }
 }
 

@@ -1,26 +1,21 @@
-//! The aarch64 Q4_0 kernel, NEON with the `dotprod` extension, and the helpers the Q4_K one
-//! shares. A 16-byte quarter of a packed block row holds 4 bytes of each of 4 lanes; the
-//! nibbles minus 8 are signed, and one lane-indexed `sdot` multiplies them with 4 activation
-//! bytes, so no correction term is needed. (The `vdotq_laneq_s32` intrinsic is not stable Rust
-//! yet, hence the one-instruction `asm!`.)
+//! The aarch64 Q4_0 kernel, NEON with the `dotprod` extension. A 16-byte quarter of a packed
+//! block row holds 4 bytes of each of 4 lanes; the nibbles minus 8 are signed, and one
+//! lane-indexed `sdot` multiplies them with 4 activation bytes, so no correction term is needed.
 
 use std::arch::aarch64::*;
-use std::arch::asm;
 use std::array;
 
-use super::act::Rows;
-use super::q4_0::{Tile, BLOCK_BYTES};
-use super::{Isa, BLOCK, LANES, MAX_ROWS};
+use super::{Tile, BLOCK_BYTES, Q4_0};
+use crate::act::{Rows, BLOCK};
+use crate::cpu::Isa;
+use crate::packed::neon::{f16x4_to_f32, sdot};
+use crate::packed::{check_call, in_groups, LANES};
 
 pub(super) fn dotprod(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
-    assert!(Isa::NeonDotprod.is_available());
-    tile.check(rows.blocks());
-    assert_eq!(out.len(), rows.len());
-    assert!((1..=MAX_ROWS).contains(&out.len()));
+    check_call::<Q4_0>(Isa::NeonDotprod, &tile, &rows, out);
     // At most 4 rows at once: 3 registers per row, and the weights and partial sums.
-    for (first, out) in (0..rows.len()).step_by(4).zip(out.chunks_mut(4)) {
-        let rows = rows.slice(first, out.len());
-        // Safety: the CPU has `dotprod` and the lengths are right (asserted above).
+    in_groups(rows, out, 4, |rows, out| {
+        // Safety: `check_call` made sure of the CPU features and the lengths.
         unsafe {
             match out.len() {
                 1 => dot::<1>(tile, rows, out),
@@ -29,49 +24,12 @@ pub(super) fn dotprod(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) 
                 _ => dot::<4>(tile, rows, out),
             }
         }
-    }
-}
-
-/// `acc[i] += Σ_k w[4i + k] · x[4L + k]`.
-///
-/// Safety: the CPU has `dotprod`.
-#[inline(always)]
-pub(super) unsafe fn sdot<const L: i32>(acc: int32x4_t, w: int8x16_t, x: int8x16_t) -> int32x4_t {
-    let mut acc = acc;
-    asm!(
-        "sdot {acc:v}.4s, {w:v}.16b, {x:v}.4b[{l}]",
-        acc = inout(vreg) acc,
-        w = in(vreg) w,
-        x = in(vreg) x,
-        l = const L,
-        options(pure, nomem, nostack),
-    );
-    acc
-}
-
-/// Four f16 scales to f32, exactly, with integer operations only (f16 vector types are not
-/// stable Rust yet): shifting the exponent and mantissa into place and multiplying by 2^112
-/// rebases the exponent and handles subnormals; infinities and NaNs get the all-ones exponent.
-///
-/// Safety: `p` points to 4 readable f16 values.
-#[inline(always)]
-pub(super) unsafe fn f16x4_to_f32(p: *const u16) -> float32x4_t {
-    let h = vmovl_u16(vld1_u16(p));
-    let sign = vshlq_n_u32::<16>(vandq_u32(h, vdupq_n_u32(0x8000)));
-    let bits = vshlq_n_u32::<13>(vandq_u32(h, vdupq_n_u32(0x7FFF)));
-    let finite = vmulq_f32(
-        vreinterpretq_f32_u32(bits),
-        vdupq_n_f32(f32::from_bits(0x7780_0000)),
-    );
-    let special = vceqq_u32(vandq_u32(h, vdupq_n_u32(0x7C00)), vdupq_n_u32(0x7C00));
-    let inf_nan = vorrq_u32(bits, vdupq_n_u32(0x7F80_0000));
-    let magnitude = vbslq_u32(special, inf_nan, vreinterpretq_u32_f32(finite));
-    vreinterpretq_f32_u32(vorrq_u32(magnitude, sign))
+    });
 }
 
 /// One tile against `R` rows (`R == out.len()`), 4 lanes per register, the quarters in turn.
 ///
-/// Safety: the CPU has `dotprod`; the lengths were checked by `dotprod`.
+/// Safety: the CPU has `dotprod`; the lengths passed `check_call`.
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn dot<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = vdupq_n_u8(0x0F);

@@ -7,6 +7,7 @@
 use std::arch::aarch64::*;
 
 use super::{Kernel, Simd};
+use crate::cpu::Isa;
 
 /// Proof that the CPU has NEON.
 #[derive(Debug, Clone, Copy)]
@@ -14,7 +15,7 @@ pub struct Neon(());
 
 impl Neon {
     pub fn detect() -> Option<Self> {
-        std::arch::is_aarch64_feature_detected!("neon").then_some(Self(()))
+        Isa::Neon.is_available().then_some(Self(()))
     }
 }
 

@@ -1,17 +1,16 @@
 //! Our 4-bit kernels (Q4_0, Q4_K): every SIMD path this CPU runs gives the scalar reference's
 //! numbers up to float summation order (the integer dot products are exact); the reference
 //! gives the product of candle's dequantized GGML weights with the int8-quantized activations;
-//! the results agree with candle's `QMatMul` on the same GGML bytes up to the two activation
-//! quantizations; and `Linear` runs such weights through them on padded, batched inputs of any
-//! float dtype.
+//! and the results agree with candle's `QMatMul` on the same GGML bytes up to the two activation
+//! quantizations.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
-use imp::kernels::q4::{Isa, PackedQ4K, PackedQ4_0};
-use imp::nn::Linear;
-use imp::quant::Matrix;
+use candle_core::{Device, Module, Tensor};
+use imp_kernels::{packed, Isa, PackedQ4K, PackedQ4_0};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use crate::support::simd_paths;
 
 /// Activation rows: decode, a few, more than one kernel call, a full row chunk.
 const ROWS: [usize; 4] = [1, 3, 17, 64];
@@ -184,12 +183,11 @@ fn cases() -> impl Iterator<Item = Case> {
 
 #[test]
 fn every_simd_path_equals_the_scalar_reference() {
-    let isas = Isa::available();
-    assert_eq!(isas[0], Isa::Scalar);
-    eprintln!("paths on this CPU: {isas:?}");
+    let isas = simd_paths(&packed::PATHS);
+    eprintln!("4-bit paths on this CPU besides the scalar one: {isas:?}");
     for case in cases() {
         let reference = case.run(Isa::Scalar);
-        for &isa in &isas[1..] {
+        for &isa in &isas {
             let what = format!("{isa:?}");
             case.assert_close(&case.run(isa), &reference, |i| case.rounding(i), &what);
         }
@@ -216,7 +214,8 @@ fn kernels_agree_with_candle_qmatmul() {
             GgmlDType::Q4_0 => 1e-3 * case.magnitude[i],
             _ => case.act_error[i] + 1e-3 * case.magnitude[i],
         };
-        case.assert_close(&case.run(Isa::best()), &candle, tolerance, "vs candle");
+        let best = Isa::best_of(&packed::PATHS);
+        case.assert_close(&case.run(best), &candle, tolerance, "vs candle");
     }
 }
 
@@ -232,69 +231,4 @@ fn bad_shapes_are_errors() {
     assert!(PackedQ4K::from_ggml(&bytes, 1, 128).is_err());
     assert!(PackedQ4K::from_ggml(&bytes, 2, 256).is_err());
     assert!(PackedQ4K::from_ggml(&bytes, 1, 256).is_ok());
-}
-
-#[test]
-fn linear_runs_4_bit_weights_like_candle() {
-    let device = Device::Cpu;
-    let mut rng = StdRng::seed_from_u64(11);
-    // 300 columns are stored as 512: `Linear` pads the input to match.
-    let (out, width) = (37, 300);
-    let w = Tensor::from_vec(random(&mut rng, out, width, 0), (out, width), &device).unwrap();
-    let bias = Tensor::from_vec(random(&mut rng, 1, out, 0), out, &device).unwrap();
-    let x = Tensor::from_vec(random(&mut rng, 10, width, 0), (2, 5, width), &device).unwrap();
-    for format in FORMATS {
-        let Matrix::Blocks(blocks) = Matrix::convert(&w, format).unwrap() else {
-            panic!("{format:?} is a block format");
-        };
-        let padding = blocks.shape().dims2().unwrap().1 - width;
-        let candle = QMatMul::from_qtensor(blocks).unwrap();
-        let want = candle
-            .forward(&x.pad_with_zeros(2, 0, padding).unwrap())
-            .unwrap()
-            .broadcast_add(&bias)
-            .unwrap();
-        // bf16 inputs and outputs carry 8 significant bits; Q4_K activations are quantized
-        // per 32 (ours) or 256 values (candle's).
-        for (dtype, tolerance) in [(DType::F32, 2e-2), (DType::BF16, 5e-2)] {
-            // The bias comes in the compute dtype, as the models load it.
-            let linear = Linear::from_matrix(
-                Matrix::convert(&w, format).unwrap(),
-                width,
-                Some(bias.to_dtype(dtype).unwrap()),
-            )
-            .unwrap();
-            let got = linear.forward(&x.to_dtype(dtype).unwrap()).unwrap();
-            assert_eq!(got.dtype(), dtype);
-            assert_eq!(got.dims(), &[2, 5, out]);
-            let got = got.to_dtype(DType::F32).unwrap();
-            let (diff, scale) = (max_abs(&(got - &want).unwrap()), max_abs(&want));
-            assert!(
-                diff <= tolerance * scale,
-                "{format:?} {dtype:?}: {diff} of {scale}"
-            );
-        }
-    }
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    let max = t.abs().unwrap().max_all().unwrap();
-    max.to_scalar::<f32>().unwrap()
-}
-
-/// CI names the paths its machine must detect (the aarch64 run under `qemu -cpu max` expects
-/// NEON with dot products), so that a detection bug cannot quietly leave only the scalar path
-/// tested.
-#[test]
-fn expected_instruction_sets_are_detected() {
-    let Ok(expected) = std::env::var("IMP_EXPECT_Q4_ISA") else {
-        return;
-    };
-    let available = Isa::available();
-    for name in expected.split(',') {
-        assert!(
-            available.iter().any(|isa| format!("{isa:?}") == name),
-            "{name} expected, detected {available:?}"
-        );
-    }
 }

@@ -1,6 +1,6 @@
 //! Fused ("flash") attention on the CPU: `softmax(q·kᵀ·scale)·v` per head without the
 //! `[heads, queries, keys]` score tensor. Keys and values stream through in blocks of
-//! [`KEY_BLOCK`]; each query row keeps a running maximum and sum (the online softmax), so that
+//! `KEY_BLOCK`; each query row keeps a running maximum and sum (the online softmax), so that
 //! only a small tile of scores exists at a time. All arithmetic is f32.
 //!
 //! Two schedules, both parallel over heads × query rows on rayon's pool (candle's thread count):
@@ -13,11 +13,12 @@
 //! of the latter. The output is `[queries, heads, head_dim]`, the heads merged per token as the
 //! output projection reads them.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::host::{widen, Element};
-use super::simd::{self, Isa, Kernel, Simd, MAX_LANES};
+use crate::cpu::Isa;
+use crate::host::{widen, CustomOp, Element, FloatOp};
+use crate::simd::{self, Kernel, Simd, MAX_LANES};
 use crate::{Error, Result};
 
 /// Keys per block.
@@ -146,12 +147,15 @@ pub fn attention<T: Element>(
         && k.heads > 0
         && q.heads.is_multiple_of(k.heads);
     if !shapes_agree {
-        return Err(Error::InvalidArgument(format!(
-            "attention: q {:?}, k {:?} and v {:?} ([heads, tokens, head_dim]) do not fit together",
-            (q.heads, q.tokens, q.head_dim),
-            (k.heads, k.tokens, k.head_dim),
-            (v.heads, v.tokens, v.head_dim),
-        )));
+        return Err(Error::operands(
+            "attention",
+            format!(
+                "q {:?}, k {:?} and v {:?} ([heads, tokens, head_dim]) do not fit together",
+                (q.heads, q.tokens, q.head_dim),
+                (k.heads, k.tokens, k.head_dim),
+                (v.heads, v.tokens, v.head_dim),
+            ),
+        ));
     }
     let problem = Problem {
         heads: q.heads,
@@ -164,26 +168,32 @@ pub fn attention<T: Element>(
     };
     if let Visibility::Causal { past } = visibility {
         if past + q.tokens > k.tokens {
-            return Err(Error::InvalidArgument(format!(
-                "attention: {past} cached and {} new queries need that many keys, got {}",
-                q.tokens, k.tokens
-            )));
+            return Err(Error::operands(
+                "attention",
+                format!(
+                    "{past} cached and {} new queries need that many keys, got {}",
+                    q.tokens, k.tokens
+                ),
+            ));
         }
     }
     if out.len() != q.tokens * q.heads * q.head_dim {
-        return Err(Error::InvalidArgument(format!(
-            "attention: output of {} values for [{}, {}, {}]",
-            out.len(),
-            q.tokens,
-            q.heads,
-            q.head_dim
-        )));
+        return Err(Error::operands(
+            "attention",
+            format!(
+                "output of {} values for [{}, {}, {}]",
+                out.len(),
+                q.tokens,
+                q.heads,
+                q.head_dim
+            ),
+        ));
     }
     if q.tokens == 0 || q.head_dim == 0 {
         return Ok(());
     }
     if k.tokens == 0 {
-        return Err(Error::InvalidArgument("attention: no keys".into()));
+        return Err(Error::operands("attention", "no keys"));
     }
     if q.tokens < TILED_MIN_QUERIES {
         per_row(isa, &problem, q, k, v, out);
@@ -238,15 +248,18 @@ fn per_row<T: Element>(
         .enumerate()
         .for_each(|(index, out)| {
             let (i, head) = (index / p.heads, index % p.heads);
-            isa.run(RowTask {
-                q: q.row(head, i),
-                k,
-                v,
-                kv_head: head / p.group,
-                keys: p.visible(i),
-                scale: p.scale,
-                out,
-            })
+            simd::run(
+                isa,
+                RowTask {
+                    q: q.row(head, i),
+                    k,
+                    v,
+                    kv_head: head / p.group,
+                    keys: p.visible(i),
+                    scale: p.scale,
+                    out,
+                },
+            )
         });
 }
 
@@ -340,15 +353,18 @@ fn tiled<T: Element>(
             let (head, block) = (task / row_blocks, task % row_blocks);
             let first = block * rows;
             let kv = head / p.group;
-            isa.run(TileTask {
-                p,
-                q,
-                head,
-                first,
-                count: rows.min(p.queries - first),
-                keys_t: &keys_t[kv * kt_len..(kv + 1) * kt_len],
-                values: &values[kv * v_len..(kv + 1) * v_len],
-            })
+            simd::run(
+                isa,
+                TileTask {
+                    p,
+                    q,
+                    head,
+                    first,
+                    count: rows.min(p.queries - first),
+                    keys_t: &keys_t[kv * kt_len..(kv + 1) * kt_len],
+                    values: &values[kv * v_len..(kv + 1) * v_len],
+                },
+            )
         })
         .collect();
 
@@ -496,12 +512,12 @@ struct FlashAttention {
     visibility: Visibility,
 }
 
-impl FlashAttention {
+impl FloatOp<3> for FlashAttention {
+    const NAME: &'static str = "imp-flash-attention";
+
     fn forward<T: Element>(
         &self,
-        q: (&[T], &Layout),
-        k: (&[T], &Layout),
-        v: (&[T], &Layout),
+        [q, k, v]: [(&[T], &Layout); 3],
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         fn heads<'a, T>((data, layout): (&'a [T], &Layout)) -> candle_core::Result<Heads<'a, T>> {
             Heads::from_layout(data, layout).ok_or_else(|| {
@@ -513,7 +529,7 @@ impl FlashAttention {
         let (qh, kh, vh) = (heads(q)?, heads(k)?, heads(v)?);
         let mut out = vec![T::default(); qh.tokens * qh.heads * qh.head_dim];
         attention(
-            Isa::best(),
+            simd::best(),
             qh,
             kh,
             vh,
@@ -529,30 +545,6 @@ impl FlashAttention {
             Shape::from(merged)
         };
         Ok((T::into_storage(out), shape))
-    }
-}
-
-impl CustomOp3 for FlashAttention {
-    fn name(&self) -> &'static str {
-        "imp-flash-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        q: &CpuStorage,
-        lq: &Layout,
-        k: &CpuStorage,
-        lk: &Layout,
-        v: &CpuStorage,
-        lv: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use CpuStorage as C;
-        match (q, k, v) {
-            (C::F32(q), C::F32(k), C::F32(v)) => self.forward((q, lq), (k, lk), (v, lv)),
-            (C::F16(q), C::F16(k), C::F16(v)) => self.forward((q, lq), (k, lk), (v, lv)),
-            (C::BF16(q), C::BF16(k), C::BF16(v)) => self.forward((q, lq), (k, lk), (v, lv)),
-            _ => candle_core::bail!("imp-flash-attention: q, k and v must share a float dtype"),
-        }
     }
 }
 
@@ -574,7 +566,7 @@ pub fn flash_attention(
     scale: f32,
     visibility: Visibility,
 ) -> Result<Tensor> {
-    let out = q.apply_op3_no_bwd(k, v, &FlashAttention { scale, visibility })?;
+    let out = q.apply_op3_no_bwd(k, v, &CustomOp(FlashAttention { scale, visibility }))?;
     let rank = out.rank();
     Ok(out.transpose(rank - 3, rank - 2)?)
 }

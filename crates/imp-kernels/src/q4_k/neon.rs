@@ -1,31 +1,29 @@
-//! The aarch64 Q4_K kernel, NEON with `dotprod`: the scheme of `neon.rs` on the Q4_K layout.
+//! The aarch64 Q4_K kernel, NEON with `dotprod`: the scheme of `q4_0/neon.rs` on the Q4_K
+//! layout.
 //! The nibbles (0..15) are valid signed bytes as they are, so `sdot` takes them directly and
 //! the minimum term `dmin · m · d_x · Σx` is subtracted in f32.
 
 use std::arch::aarch64::*;
 use std::array;
 
-use super::act::Rows;
-use super::neon::{f16x4_to_f32, sdot};
-use super::q4_k::{Tile, QUANT_BYTES, SM_BYTES, SUBS};
-use super::{Isa, BLOCK, LANES, MAX_ROWS};
+use super::{Tile, Q4K, QUANT_BYTES, SM_BYTES, SUBS};
+use crate::act::{Rows, BLOCK};
+use crate::cpu::Isa;
+use crate::packed::neon::{f16x4_to_f32, sdot};
+use crate::packed::{check_call, in_groups, LANES};
 
 pub(super) fn dotprod(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
-    assert!(Isa::NeonDotprod.is_available());
-    tile.check(rows.blocks());
-    assert_eq!(out.len(), rows.len());
-    assert!((1..=MAX_ROWS).contains(&out.len()));
+    check_call::<Q4K>(Isa::NeonDotprod, &tile, &rows, out);
     // At most 2 rows at once: the 16 weight registers of a chunk take half the register file.
-    for (first, out) in (0..rows.len()).step_by(2).zip(out.chunks_mut(2)) {
-        let rows = rows.slice(first, out.len());
-        // Safety: the CPU has `dotprod` and the lengths are right (asserted above).
+    in_groups(rows, out, 2, |rows, out| {
+        // Safety: `check_call` made sure of the CPU features and the lengths.
         unsafe {
             match out.len() {
                 1 => dot::<1>(tile, rows, out),
                 _ => dot::<2>(tile, rows, out),
             }
         }
-    }
+    });
 }
 
 /// Four sub-block scales or minimums (bytes) as f32.
@@ -39,7 +37,7 @@ unsafe fn u8x4_to_f32(p: *const u8) -> float32x4_t {
 
 /// One tile against `R` rows (`R == out.len()`), 4 lanes per register, the quarters in turn.
 ///
-/// Safety: the CPU has `dotprod`; the lengths were checked by `dotprod`.
+/// Safety: the CPU has `dotprod`; the lengths passed `check_call`.
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn dot<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = vdupq_n_u8(0x0F);

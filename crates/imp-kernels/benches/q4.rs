@@ -4,7 +4,7 @@
 //! the next of several copies of the matrix, together far larger than the last-level cache, so
 //! the weights come from memory as in a whole model.
 //!
-//! `RAYON_NUM_THREADS=2 cargo bench -p imp --bench q4`
+//! `RAYON_NUM_THREADS=2 cargo bench -p imp-kernels --bench q4`
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -12,7 +12,8 @@ use std::time::Duration;
 use candle_core::quantized::{ggml_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use imp::kernels::q4::{PackedQ4K, PackedQ4_0};
+use imp_kernels::packed::{Packed, PackedFormat};
+use imp_kernels::{Q4K, Q4_0};
 use rayon::prelude::*;
 
 /// Phi-2's matrices `(out, in)`: MLP up, MLP down, fused QKV.
@@ -49,40 +50,16 @@ fn bandwidth(c: &mut Criterion) {
     group.finish();
 }
 
-/// A repacked matrix of ours.
-trait Packed: Sized {
-    fn from_ggml(data: &[u8], out: usize, width: usize) -> imp::Result<Self>;
-    fn matmul(&self, x: &[f32], y: &mut [f32]) -> imp::Result<()>;
-}
-
-impl Packed for PackedQ4_0 {
-    fn from_ggml(data: &[u8], out: usize, width: usize) -> imp::Result<Self> {
-        PackedQ4_0::from_ggml(data, out, width)
-    }
-    fn matmul(&self, x: &[f32], y: &mut [f32]) -> imp::Result<()> {
-        PackedQ4_0::matmul(self, x, y)
-    }
-}
-
-impl Packed for PackedQ4K {
-    fn from_ggml(data: &[u8], out: usize, width: usize) -> imp::Result<Self> {
-        PackedQ4K::from_ggml(data, out, width)
-    }
-    fn matmul(&self, x: &[f32], y: &mut [f32]) -> imp::Result<()> {
-        PackedQ4K::matmul(self, x, y)
-    }
-}
-
 /// candle's `QMatMul` and ours on the GGML bytes of `format`, for every shape and row count.
-fn compare<P: Packed>(c: &mut Criterion, format: GgmlDType, name: &str) {
+fn compare<F: PackedFormat>(c: &mut Criterion, format: GgmlDType, name: &str) {
     let device = Device::Cpu;
     for (out, width) in SHAPES {
         let weight = Tensor::randn(0f32, 1.0, (out, width), &device).unwrap();
         let blocks = QTensor::quantize(&weight, format).unwrap();
         let data = blocks.data().unwrap();
         let copies = WORKING_SET.div_ceil(data.len());
-        let ours: Vec<P> = (0..copies)
-            .map(|_| P::from_ggml(&data, out, width).unwrap())
+        let ours: Vec<Packed<F>> = (0..copies)
+            .map(|_| Packed::from_ggml(&data, out, width).unwrap())
             .collect();
         let candle: Vec<QMatMul> = (0..copies)
             .map(|_| {
@@ -118,11 +95,11 @@ fn compare<P: Packed>(c: &mut Criterion, format: GgmlDType, name: &str) {
 }
 
 fn q4_0(c: &mut Criterion) {
-    compare::<PackedQ4_0>(c, GgmlDType::Q4_0, "q4_0");
+    compare::<Q4_0>(c, GgmlDType::Q4_0, "q4_0");
 }
 
 fn q4_k(c: &mut Criterion) {
-    compare::<PackedQ4K>(c, GgmlDType::Q4K, "q4_k");
+    compare::<Q4K>(c, GgmlDType::Q4K, "q4_k");
 }
 
 criterion_group!(benches, bandwidth, q4_0, q4_k);
