@@ -50,29 +50,18 @@ fn model_not_found(result: imp::Result<PathBuf>) -> String {
     }
 }
 
-#[test]
-fn complete_snapshot_resolves() {
-    let cache = tempfile::tempdir().unwrap();
-    let dir = snapshot(
-        cache.path(),
-        COMMIT,
-        Some("main"),
+/// Complete snapshots: the files a model needs, in each layout that `resolve_model` accepts.
+const COMPLETE_SNAPSHOTS: [(&str, &[(&str, &str)]); 2] = [
+    (
+        "one safetensors file, tokenizer.json",
         &[
             ("config.json", "{}"),
             ("model.safetensors", ""),
             ("tokenizer.json", "{}"),
         ],
-    );
-    assert_eq!(resolve_model(REPO, &offline(cache.path())).unwrap(), dir);
-}
-
-#[test]
-fn sharded_snapshot_with_bpe_tokenizer_resolves() {
-    let cache = tempfile::tempdir().unwrap();
-    let dir = snapshot(
-        cache.path(),
-        COMMIT,
-        Some("main"),
+    ),
+    (
+        "sharded, BPE tokenizer",
         &[
             ("config.json", "{}"),
             ("model.safetensors.index.json", SHARDED_INDEX),
@@ -81,54 +70,74 @@ fn sharded_snapshot_with_bpe_tokenizer_resolves() {
             ("vocab.json", "{}"),
             ("merges.txt", ""),
         ],
-    );
-    assert_eq!(resolve_model(REPO, &offline(cache.path())).unwrap(), dir);
-}
+    ),
+];
 
 #[test]
-fn missing_shard_is_named() {
-    let cache = tempfile::tempdir().unwrap();
-    snapshot(
-        cache.path(),
-        COMMIT,
-        Some("main"),
-        &[
+fn complete_snapshots_resolve() {
+    for (case, files) in COMPLETE_SNAPSHOTS {
+        let cache = tempfile::tempdir().unwrap();
+        let dir = snapshot(cache.path(), COMMIT, Some("main"), files);
+        let resolved =
+            resolve_model(REPO, &offline(cache.path())).unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(resolved, dir, "{case}");
+    }
+}
+
+/// A snapshot that lacks files, and what the message then names.
+struct Incomplete {
+    name: &'static str,
+    files: &'static [(&'static str, &'static str)],
+    missing: &'static str,
+    /// What the message must not name: files that are there.
+    not_named: &'static [&'static str],
+}
+
+const INCOMPLETE_SNAPSHOTS: [Incomplete; 2] = [
+    Incomplete {
+        name: "missing shard",
+        files: &[
             ("config.json", "{}"),
             ("model.safetensors.index.json", SHARDED_INDEX),
             ("model-00001-of-00002.safetensors", ""),
             ("tokenizer.json", "{}"),
         ],
-    );
-    let message = model_not_found(resolve_model(REPO, &offline(cache.path())));
-    assert!(
-        message.contains("missing: model-00002-of-00002.safetensors."),
-        "{message}"
-    );
-    assert!(!message.contains("00001"), "{message}");
-    assert!(message.contains("is incomplete"), "{message}");
-    assert!(
-        message.contains(&format!(
-            "huggingface-cli download {REPO} --cache-dir {}",
-            cache.path().display()
-        )),
-        "{message}"
-    );
-}
+        missing: "missing: model-00002-of-00002.safetensors.",
+        not_named: &["00001"],
+    },
+    Incomplete {
+        name: "half a BPE tokenizer",
+        files: &[("model.safetensors", ""), ("vocab.json", "{}")],
+        missing: "missing: config.json, merges.txt.",
+        not_named: &[],
+    },
+];
 
 #[test]
-fn half_a_bpe_tokenizer_names_the_other_half() {
-    let cache = tempfile::tempdir().unwrap();
-    snapshot(
-        cache.path(),
-        COMMIT,
-        Some("main"),
-        &[("model.safetensors", ""), ("vocab.json", "{}")],
-    );
-    let message = model_not_found(resolve_model(REPO, &offline(cache.path())));
-    assert!(
-        message.contains("missing: config.json, merges.txt."),
-        "{message}"
-    );
+fn incomplete_snapshots_name_what_is_missing_and_the_command() {
+    for case in &INCOMPLETE_SNAPSHOTS {
+        let cache = tempfile::tempdir().unwrap();
+        snapshot(cache.path(), COMMIT, Some("main"), case.files);
+        let message = model_not_found(resolve_model(REPO, &offline(cache.path())));
+        let command = format!(
+            "huggingface-cli download {REPO} --cache-dir {}",
+            cache.path().display()
+        );
+        for part in [case.missing, "is incomplete", &command] {
+            assert!(
+                message.contains(part),
+                "{}: no `{part}` in: {message}",
+                case.name
+            );
+        }
+        for part in case.not_named {
+            assert!(
+                !message.contains(part),
+                "{}: `{part}` in: {message}",
+                case.name
+            );
+        }
+    }
 }
 
 #[cfg(unix)]

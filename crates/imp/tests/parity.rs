@@ -4,37 +4,18 @@
 //! Qwen2ForCausalLM, Phi3ForCausalLM in f32).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::DType;
 use candle_core::{Device, Tensor};
 use imp::preprocess::load_rgb;
-use imp::{generate, GenerationOptions, ImpModel, LoadOptions, Prompt, Turn};
-use serde::Deserialize;
+use imp::{LoadOptions, Prompt, Turn};
+
+use crate::support::{
+    answer, expected, load, max_abs_diff, model_dir, read_tensors, Expected, MODELS,
+};
 
 const TOLERANCE: f32 = 1e-4;
-
-#[derive(Deserialize)]
-struct Expected {
-    style: String,
-    image: String,
-    visual_tokens: usize,
-    question: String,
-    prompt: String,
-    prompt_ids: Vec<u32>,
-    prompt_tokens: usize,
-    greedy_tokens: Vec<u32>,
-    top_logprobs: Vec<Vec<(u32, f32)>>,
-    text: String,
-    chat: Chat,
-}
-
-#[derive(Deserialize)]
-struct Chat {
-    turns: Vec<(String, Option<String>)>,
-    prompt: String,
-    prompt_ids: Vec<u32>,
-}
 
 struct Fixture {
     dir: PathBuf,
@@ -43,32 +24,12 @@ struct Fixture {
 }
 
 fn fixture(name: &str) -> Fixture {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name);
-    let text = std::fs::read_to_string(dir.join("expected.json")).unwrap();
-    let expected = serde_json::from_str(&text).unwrap();
-    let tensors =
-        candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+    let dir = model_dir(name);
     Fixture {
+        tensors: read_tensors(&dir.join("expected.safetensors")),
+        expected: expected(name),
         dir,
-        expected,
-        tensors,
     }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// Checks every stage against the reference, each fed the reference's own input so that an
@@ -76,8 +37,8 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 fn check(name: &str, style: &str) {
     let f = fixture(name);
     let e = &f.expected;
-    assert_eq!(e.style, style);
-    let model = ImpModel::load(&f.dir, &LoadOptions::default()).unwrap();
+    assert_eq!(e.style, style, "{name}: checkpoint style");
+    let model = load(&f.dir, &LoadOptions::default());
     let family = model.config().decoder.family;
 
     let image = load_rgb(&f.dir.join(&e.image)).unwrap();
@@ -89,7 +50,7 @@ fn check(name: &str, style: &str) {
     assert!(d <= 1e-6, "{name}: pixels differ by {d}");
 
     let features = model.vision_features(&f.tensors["pixel_values"]).unwrap();
-    assert_eq!(features.dims()[0], e.visual_tokens);
+    assert_eq!(features.dims()[0], e.visual_tokens, "{name}: visual tokens");
     let vision_error = max_abs_diff(&features, &f.tensors["vision_features"]);
     assert!(
         vision_error <= TOLERANCE,
@@ -128,7 +89,7 @@ fn check(name: &str, style: &str) {
     let embeds = model
         .splice(&ids, &[f.tensors["projector_output"].clone()])
         .unwrap();
-    assert_eq!(embeds.dims()[0], e.prompt_tokens);
+    assert_eq!(embeds.dims()[0], e.prompt_tokens, "{name}: spliced length");
     let mut session = model.new_session();
     let hidden = model.decoder().forward(&embeds, &mut session).unwrap();
     let logits = Tensor::new(model.decoder().last_logits(&hidden).unwrap(), &Device::Cpu).unwrap();
@@ -138,22 +99,13 @@ fn check(name: &str, style: &str) {
         "{name}: first-step logits differ by {logits_error}"
     );
 
-    let options = GenerationOptions {
-        max_new_tokens: e.greedy_tokens.len(),
-        top_logprobs: 5,
-        ..Default::default()
-    };
     let mut streamed = String::new();
-    let generation = generate(
-        &model,
-        &Prompt::Question(e.question.clone()),
-        &[image],
-        &options,
-        &mut |t| streamed.push_str(t),
-    )
-    .unwrap();
+    let generation = answer(&model, name, &mut |t| streamed.push_str(t));
     assert_eq!(generation.tokens, e.greedy_tokens, "{name}: greedy tokens");
-    assert_eq!(generation.prompt_tokens, e.prompt_tokens);
+    assert_eq!(
+        generation.prompt_tokens, e.prompt_tokens,
+        "{name}: prompt tokens"
+    );
     assert_eq!(generation.text, e.text, "{name}: text");
     assert_eq!(streamed.trim_end(), e.text, "{name}: streamed text");
     let mut logprob_error = 0f32;
@@ -180,33 +132,10 @@ fn check(name: &str, style: &str) {
 }
 
 #[test]
-fn imp_v1_3b_phi_hf_single_file_f16() {
-    check("imp-v1-3b", "hf");
-}
-
-#[test]
-fn imp_v1_3b_old_revision_phi_msft_bf16_vocab_merges() {
-    check("imp-v1-3b-msft", "msft");
-}
-
-#[test]
-fn imp_v1_5_3b_phi2_sharded_f16() {
-    check("imp-v1.5-3b-phi2", "hf");
-}
-
-#[test]
-fn imp_v1_5_3b_196_phi_msft_with_siglip_subfolder() {
-    check("imp-v1.5-3b-196", "msft");
-}
-
-#[test]
-fn imp_v1_5_2b_qwen_sharded_vocab_merges_only() {
-    check("imp-v1.5-2b-qwen1.5", "qwen2");
-}
-
-#[test]
-fn imp_v1_5_4b_phi3_pad_f32() {
-    check("imp-v1.5-4b-phi3", "phi3");
+fn every_released_layout_matches_the_reference() {
+    for (name, style) in MODELS {
+        check(name, style);
+    }
 }
 
 /// Half-precision compute keeps the reference's first-step logits within a bound, relative to the
@@ -217,7 +146,7 @@ fn half_precision_logits_error(name: &str, dtype: DType) -> f32 {
         dtype,
         ..Default::default()
     };
-    let model = ImpModel::load(&f.dir, &options).unwrap();
+    let model = load(&f.dir, &options);
     let projected = model
         .project(&f.tensors["vision_features"].to_dtype(dtype).unwrap())
         .unwrap();

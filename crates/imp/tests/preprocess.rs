@@ -1,7 +1,7 @@
 //! `imp::preprocess` against Pillow 13: the expected outputs in `tests/fixtures/preprocess` were
 //! written by `scripts/fixtures/gen_preprocess.py` (see the README there).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Device;
 use image::RgbImage;
@@ -9,6 +9,8 @@ use imp::config::AspectMode;
 use imp::preprocess::{decode_rgb, load_rgb, pil_bicubic_resize, ImagePreprocessor, MAX_SIDE};
 use imp::Error;
 use serde::Deserialize;
+
+use crate::support::{fixture, read_json};
 
 /// Measured on the fixtures (see the module docs of `imp::preprocess`): zune-jpeg's pixels differ
 /// from libjpeg-turbo's by at most 4 per channel value (4:2:0 chroma upsampling), before and after
@@ -49,15 +51,8 @@ struct Normalized {
     expected: String,
 }
 
-fn fixture(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(relative)
-}
-
 fn manifest() -> Manifest {
-    let text = std::fs::read_to_string(fixture("preprocess/cases.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    read_json(&fixture("preprocess/cases.json"))
 }
 
 /// A fixture PNG written by Pillow from a uint8 RGB array, read with the image crate's PNG decoder
@@ -98,11 +93,11 @@ fn mismatch(ours: &RgbImage, expected: &RgbImage) -> Option<String> {
     ))
 }
 
-fn assert_all_match(failures: Vec<String>, checked: usize) {
-    assert!(checked > 0, "no cases checked");
+fn assert_all_match(what: &str, failures: Vec<String>, checked: usize) {
+    assert!(checked > 0, "{what}: no cases checked");
     assert!(
         failures.is_empty(),
-        "{} of {checked} differ from Pillow:\n{}",
+        "{what}: {} of {checked} differ from Pillow:\n{}",
         failures.len(),
         failures.join("\n")
     );
@@ -112,36 +107,37 @@ fn is_jpeg(case: &Case) -> bool {
     case.pil_decoded.is_some()
 }
 
-#[test]
-fn non_jpeg_inputs_match_pillow_exactly() {
-    let cases: Vec<Case> = manifest()
-        .cases
-        .into_iter()
-        .filter(|c| !is_jpeg(c))
-        .collect();
-    let failures = cases
-        .iter()
-        .filter_map(|case| {
-            let decoded = load_rgb(&fixture(&case.input)).unwrap();
-            let ours = preprocessor(case).resize(&decoded);
-            mismatch(&ours, &png_rgb(&case.expected)).map(|m| format!("{}: {m}", label(case)))
-        })
-        .collect();
-    assert_all_match(failures, cases.len());
-}
+/// How a case's input is decoded before the resize.
+type Decode = fn(&Case) -> RgbImage;
+
+/// (inputs, whether they are JPEGs, the decoding whose resize must equal Pillow's exactly): ours
+/// for lossless formats, Pillow's own for JPEG, whose decoders differ (bounded further down).
+const EXACT_RESIZES: [(&str, bool, Decode); 2] = [
+    ("non-JPEG inputs", false, |case| {
+        load_rgb(&fixture(&case.input)).unwrap()
+    }),
+    ("JPEG inputs decoded by Pillow", true, |case| {
+        png_rgb(case.pil_decoded.as_deref().unwrap())
+    }),
+];
 
 #[test]
-fn resize_of_pillow_decoded_jpeg_matches_exactly() {
-    let cases: Vec<Case> = manifest().cases.into_iter().filter(is_jpeg).collect();
-    let failures = cases
-        .iter()
-        .filter_map(|case| {
-            let decoded = png_rgb(case.pil_decoded.as_deref().unwrap());
-            let ours = preprocessor(case).resize(&decoded);
-            mismatch(&ours, &png_rgb(&case.expected)).map(|m| format!("{}: {m}", label(case)))
-        })
-        .collect();
-    assert_all_match(failures, cases.len());
+fn square_resizes_match_pillow_exactly() {
+    for (what, jpeg, decode) in EXACT_RESIZES {
+        let cases: Vec<Case> = manifest()
+            .cases
+            .into_iter()
+            .filter(|c| is_jpeg(c) == jpeg)
+            .collect();
+        let failures = cases
+            .iter()
+            .filter_map(|case| {
+                let ours = preprocessor(case).resize(&decode(case));
+                mismatch(&ours, &png_rgb(&case.expected)).map(|m| format!("{}: {m}", label(case)))
+            })
+            .collect();
+        assert_all_match(what, failures, cases.len());
+    }
 }
 
 #[test]
@@ -156,7 +152,7 @@ fn non_square_resizes_match_pillow_exactly() {
                 .map(|m| format!("{} -> {}x{}: {m}", r.input, r.width, r.height))
         })
         .collect();
-    assert_all_match(failures, resizes.len());
+    assert_all_match("non-square resizes", failures, resizes.len());
 }
 
 /// Max and mean absolute difference over all channel values.
@@ -296,12 +292,46 @@ fn random_bytes_are_not_an_image() {
     assert!(message.contains("not an image"), "{message}");
 }
 
+/// Where a file is cut.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    Half,
+    DropLast(usize),
+    KeepFirst(usize),
+}
+
+/// (fixture, name in the message, cuts that must each give a "truncated" error)
+const TRUNCATIONS: [(&str, &str, [Cut; 3]); 2] = [
+    (
+        "images/skimage_chelsea.png",
+        "chelsea.png",
+        [Cut::Half, Cut::DropLast(100), Cut::KeepFirst(40)],
+    ),
+    // Pillow rejects even a JPEG that only lacks its 2-byte end marker.
+    (
+        "images/pillow_hopper.jpg",
+        "hopper.jpg",
+        [Cut::DropLast(2), Cut::Half, Cut::KeepFirst(300)],
+    ),
+];
+
 #[test]
-fn truncated_png_is_an_error() {
-    let bytes = std::fs::read(fixture("images/skimage_chelsea.png")).unwrap();
-    for len in [bytes.len() / 2, bytes.len() - 100, 40] {
-        let message = image_error(decode_rgb(&bytes[..len], "chelsea.png"));
-        assert!(message.contains("truncated"), "{len} bytes: {message}");
+fn truncated_files_are_an_error() {
+    for (file, name, cuts) in TRUNCATIONS {
+        let bytes = std::fs::read(fixture(file)).unwrap();
+        decode_rgb(&bytes, name).unwrap_or_else(|e| panic!("{file} whole: {e}"));
+        for cut in cuts {
+            let len = match cut {
+                Cut::Half => bytes.len() / 2,
+                Cut::DropLast(n) => bytes.len() - n,
+                Cut::KeepFirst(n) => n,
+            };
+            let message = image_error(decode_rgb(&bytes[..len], name));
+            assert!(
+                message.contains("truncated"),
+                "{file} {cut:?} ({len} bytes): {message}"
+            );
+        }
     }
 }
 
@@ -315,17 +345,6 @@ fn png_without_its_end_chunk_decodes_like_pillow() {
         decode_rgb(&bytes[..bytes.len() - 12], "coins.png").unwrap(),
         full
     );
-}
-
-#[test]
-fn truncated_jpeg_is_an_error() {
-    let bytes = std::fs::read(fixture("images/pillow_hopper.jpg")).unwrap();
-    decode_rgb(&bytes, "hopper.jpg").unwrap();
-    // Pillow rejects even a JPEG that only lacks its 2-byte end marker.
-    for len in [bytes.len() - 2, bytes.len() / 2, 300] {
-        let message = image_error(decode_rgb(&bytes[..len], "hopper.jpg"));
-        assert!(message.contains("truncated"), "{len} bytes: {message}");
-    }
 }
 
 #[test]

@@ -2,82 +2,36 @@
 //! the zero-padding path runs everywhere: a GGUF file from `imp quantize` gives exactly the model
 //! that quantizing at load gives, q8_0 stays with the f32 reference, and bad input fails clearly.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use imp::quant::{self, Part, Quantization};
 use imp::quantize;
-use imp::{generate, Generation, GenerationOptions, ImpModel, LoadOptions, Prompt};
-use serde::Deserialize;
+use imp::{Generation, ImpModel, LoadOptions};
 
-const MODELS: [&str; 6] = [
-    "imp-v1-3b",
-    "imp-v1-3b-msft",
-    "imp-v1.5-3b-phi2",
-    "imp-v1.5-3b-196",
-    "imp-v1.5-2b-qwen1.5",
-    "imp-v1.5-4b-phi3",
-];
+use crate::support::{self, expected, model_dir, MODELS};
 
 const FORMATS: [&str; 7] = ["f32", "f16", "bf16", "q8_0", "q6_k", "q4_k", "q4_0"];
 
-#[derive(Deserialize)]
-struct Expected {
-    image: String,
-    question: String,
-    greedy_tokens: Vec<u32>,
-    top_logprobs: Vec<Vec<(u32, f32)>>,
-}
-
-fn model_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
-}
-
-fn expected(name: &str) -> Expected {
-    let text = std::fs::read_to_string(model_dir(name).join("expected.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn load(path: &Path, quantization: Quantization) -> ImpModel {
-    let options = LoadOptions {
+fn quantized(quantization: Quantization) -> LoadOptions {
+    LoadOptions {
         quantization,
         ..Default::default()
-    };
-    ImpModel::load(path, &options).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn load_err(path: &Path, quantization: Quantization) -> String {
-    let options = LoadOptions {
-        quantization,
-        ..Default::default()
-    };
-    match ImpModel::load(path, &options) {
-        Ok(_) => panic!("{} loaded", path.display()),
-        Err(e) => e.to_string(),
     }
 }
 
-/// The fixture's question answered greedily, with the top-5 log-probabilities of each step.
+fn load(path: &Path, quantization: Quantization) -> ImpModel {
+    support::load(path, &quantized(quantization))
+}
+
+fn load_err(path: &Path, quantization: Quantization) -> String {
+    support::load_err(path, &quantized(quantization))
+}
+
 fn answer(model: &ImpModel, name: &str) -> Generation {
-    let e = expected(name);
-    let image = imp::preprocess::load_rgb(&model_dir(name).join(&e.image)).unwrap();
-    let options = GenerationOptions {
-        max_new_tokens: e.greedy_tokens.len(),
-        top_logprobs: 5,
-        ..Default::default()
-    };
-    generate(
-        model,
-        &Prompt::Question(e.question),
-        &[image],
-        &options,
-        &mut |_| {},
-    )
-    .unwrap()
+    support::answer(model, name, &mut |_| {})
 }
 
 fn write_gguf(name: &str, plan: &Quantization, out: &Path) {
@@ -88,7 +42,7 @@ fn write_gguf(name: &str, plan: &Quantization, out: &Path) {
 /// Quantizing at load and loading the GGUF file give bit-identical answers and weight reports.
 fn round_trip(plan: Quantization) {
     let dir = tempfile::tempdir().unwrap();
-    for name in MODELS {
+    for (name, _) in MODELS {
         let in_situ = load(&model_dir(name), plan);
         let file = dir.path().join(format!("{name}.gguf"));
         write_gguf(name, &plan, &file);
@@ -118,7 +72,7 @@ fn every_format_round_trips_through_a_gguf_file() {
 fn mixed_plan_round_trips_and_reports_every_matrix() {
     let plan = Quantization::from_names(None, Some("q4_k"), Some("q8_0"), Some("f16")).unwrap();
     round_trip(plan);
-    for name in MODELS {
+    for (name, _) in MODELS {
         let model = load(&model_dir(name), plan);
         let groups = &model.info().weights;
         for part in Part::ALL {
@@ -157,7 +111,7 @@ const NEAR_TIE: f32 = 0.1;
 fn q8_0_follows_the_f32_reference() {
     let plan = Quantization::all(GgmlDType::Q8_0);
     let (mut matched, mut steps) = (0, 0);
-    for name in MODELS {
+    for (name, _) in MODELS {
         let tokens = answer(&load(&model_dir(name), plan), name).tokens;
         let e = expected(name);
         let same = tokens

@@ -1,14 +1,14 @@
 //! `imp::sampler` against transformers' own logits processors (fixtures written by
 //! scripts/fixtures/gen_sampler.py), plus the properties the fixtures cannot show.
 
-use std::path::Path;
-
 use imp::sampler::{top_logprobs, Sampler, SamplingParams};
 use imp::Error;
 use serde::Deserialize;
 
+use crate::support::{fixture, read_json};
+
 #[derive(Deserialize)]
-struct Fixture {
+struct TransformersOutputs {
     filter: Vec<FilterCase>,
     greedy: Vec<GreedyCase>,
     top_logprobs: Vec<TopLogprobCase>,
@@ -51,21 +51,39 @@ struct TopLogprobCase {
     logprobs: Vec<f32>,
 }
 
-fn fixture() -> Fixture {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sampler/expected.json");
-    let text = std::fs::read_to_string(&path).expect("read sampler fixture");
-    serde_json::from_str(&text).expect("parse sampler fixture")
+fn transformers_outputs() -> TransformersOutputs {
+    read_json(&fixture("sampler/expected.json"))
 }
 
 fn sampler(params: SamplingParams) -> Sampler {
     Sampler::new(params).expect("valid sampling params")
 }
 
+/// `ours` holds the reference's ids, in its order, each with a value within `tolerance` of the
+/// reference's.
+fn assert_same_ids_and_close(
+    case: &str,
+    quantity: &str,
+    ours: &[(u32, f32)],
+    ids: &[u32],
+    values: &[f32],
+    tolerance: f32,
+) {
+    let our_ids: Vec<u32> = ours.iter().map(|&(id, _)| id).collect();
+    assert_eq!(our_ids, ids, "{case}: ids");
+    for (&(id, ours), &theirs) in ours.iter().zip(values) {
+        assert!(
+            (ours - theirs).abs() <= tolerance,
+            "{case}: {quantity}({id}) = {ours}, reference {theirs}"
+        );
+    }
+}
+
 #[test]
 fn filtered_distribution_matches_transformers() {
-    let fixture = fixture();
-    assert!(fixture.filter.len() >= 15);
-    for case in &fixture.filter {
+    let reference = transformers_outputs();
+    assert!(reference.filter.len() >= 15);
+    for case in &reference.filter {
         let p = &case.params;
         let sampler = sampler(SamplingParams {
             temperature: p.temperature,
@@ -76,22 +94,14 @@ fn filtered_distribution_matches_transformers() {
             seed: 0,
         });
         let dist = sampler.filtered_distribution(&case.logits, &case.history);
-        let ids: Vec<u32> = dist.iter().map(|&(id, _)| id).collect();
-        assert_eq!(ids, case.ids, "{}: surviving ids", case.name);
-        for (&(id, ours), &theirs) in dist.iter().zip(&case.probs) {
-            assert!(
-                (ours - theirs).abs() <= 1e-6,
-                "{}: p({id}) = {ours}, transformers {theirs}",
-                case.name
-            );
-        }
+        assert_same_ids_and_close(&case.name, "p", &dist, &case.ids, &case.probs, 1e-6);
     }
 }
 
 #[test]
 fn greedy_matches_torch_argmax() {
-    let fixture = fixture();
-    for case in &fixture.greedy {
+    let reference = transformers_outputs();
+    for case in &reference.greedy {
         let mut sampler = sampler(SamplingParams {
             repetition_penalty: case.repetition_penalty,
             ..SamplingParams::default()
@@ -142,18 +152,17 @@ fn repetition_penalty_applies_once_per_id() {
 
 #[test]
 fn top_logprobs_match_torch_log_softmax() {
-    let fixture = fixture();
-    for case in &fixture.top_logprobs {
+    let reference = transformers_outputs();
+    for case in &reference.top_logprobs {
         let ours = top_logprobs(&case.logits, case.k);
-        let ids: Vec<u32> = ours.iter().map(|&(id, _)| id).collect();
-        assert_eq!(ids, case.ids, "{}: ids", case.name);
-        for (&(id, ours), &theirs) in ours.iter().zip(&case.logprobs) {
-            assert!(
-                (ours - theirs).abs() <= 1e-5,
-                "{}: logprob({id}) = {ours}, torch {theirs}",
-                case.name
-            );
-        }
+        assert_same_ids_and_close(
+            &case.name,
+            "logprob",
+            &ours,
+            &case.ids,
+            &case.logprobs,
+            1e-5,
+        );
     }
     assert!(top_logprobs(&[1.0, 2.0], 0).is_empty());
 }

@@ -1,7 +1,6 @@
 //! A session reuses the prefix it shares with the next prompt, with the same answer as a fresh
 //! session; cancellation stops a generation.
 
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -10,11 +9,11 @@ use imp::{
     LoadOptions, Position, PreparedPrompt, Prompt, Turn,
 };
 
+use crate::support::{image, load, model_dir};
+
 fn fixture(model: &str) -> (ImpModel, image::RgbImage) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let model = ImpModel::load(&root.join("models").join(model), &LoadOptions::default()).unwrap();
-    let image = imp::preprocess::load_rgb(&root.join("images/skimage_chelsea.png")).unwrap();
-    (model, image)
+    let model = load(&model_dir(model), &LoadOptions::default());
+    (model, image("skimage_chelsea.png"))
 }
 
 fn options(max_new_tokens: usize) -> GenerationOptions {

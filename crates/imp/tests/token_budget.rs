@@ -2,12 +2,13 @@
 //! SigLIP at another image size with transformers' `interpolate_pos_encoding`, and torch's
 //! ceil-mode average pooling before the projector.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
-use imp::{ImpModel, LoadOptions};
+use candle_core::Device;
+use imp::LoadOptions;
 use serde::Deserialize;
+
+use crate::support::{fixture, load, load_err, max_abs_diff, model_dir, read_json, read_tensors};
 
 #[derive(Deserialize)]
 struct Cases {
@@ -25,42 +26,25 @@ struct Case {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/token_budget")
+    fixture("token_budget")
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
-fn load(model: &Path, image_size: Option<usize>, pool: usize) -> imp::Result<ImpModel> {
-    let options = LoadOptions {
+fn budget(image_size: Option<usize>, pool: usize) -> LoadOptions {
+    LoadOptions {
         image_size,
         pool,
         ..Default::default()
-    };
-    ImpModel::load(model, &options)
+    }
 }
 
 #[test]
 fn image_size_and_pooling_match_transformers_and_torch() {
-    let cases: Cases =
-        serde_json::from_str(&std::fs::read_to_string(root().join("cases.json")).unwrap()).unwrap();
-    let expected: HashMap<String, Tensor> =
-        candle_core::safetensors::load(root().join("expected.safetensors"), &Device::Cpu).unwrap();
-    let model_dir = root().join(&cases.model);
+    let cases: Cases = read_json(&root().join("cases.json"));
+    let expected = read_tensors(&root().join("expected.safetensors"));
+    let checkpoint = root().join(&cases.model);
     let image = imp::preprocess::load_rgb(&root().join(&cases.image)).unwrap();
     for case in &cases.cases {
-        let model = load(&model_dir, Some(case.image_size), case.pool).unwrap();
+        let model = load(&checkpoint, &budget(Some(case.image_size), case.pool));
         assert_eq!(model.image_tokens(), case.tokens, "{}", case.key);
         let pixels = model
             .preprocessor()
@@ -79,17 +63,22 @@ fn image_size_and_pooling_match_transformers_and_torch() {
     }
 }
 
+/// (image size, pool, what the error must mention)
+const BAD_BUDGETS: [(Option<usize>, usize, &str); 4] = [
+    (Some(100), 1, "not a multiple of the patch size 14"),
+    (Some(14), 1, "too small"),
+    (None, 0, "pool 0"),
+    (None, 9, "pool 9"),
+];
+
 #[test]
 fn bad_budgets_are_refused() {
-    let model_dir = root().join("../models/imp-v1.5-3b-phi2");
-    let err = |size, pool| {
-        load(&model_dir, size, pool)
-            .err()
-            .expect("must fail")
-            .to_string()
-    };
-    assert!(err(Some(100), 1).contains("not a multiple of the patch size 14"));
-    assert!(err(Some(14), 1).contains("too small"));
-    assert!(err(None, 0).contains("pool 0"));
-    assert!(err(None, 9).contains("pool 9"));
+    let phi2 = model_dir("imp-v1.5-3b-phi2");
+    for (image_size, pool, mention) in BAD_BUDGETS {
+        let message = load_err(&phi2, &budget(image_size, pool));
+        assert!(
+            message.contains(mention),
+            "image size {image_size:?}, pool {pool}: `{message}` should mention `{mention}`"
+        );
+    }
 }

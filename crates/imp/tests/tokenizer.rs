@@ -11,6 +11,8 @@ use imp::tokenizer::ImpTokenizer;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::support::{fixture, read_json};
+
 /// Imp's own additions to the Phi-2 vocabulary (from the project reference).
 const PHI2_EOS: u32 = 50295;
 const PHI2_IMAGE: u32 = 50296;
@@ -20,7 +22,7 @@ const QWEN_IMAGE: u32 = 151646;
 const PHI3_IMAGE: u32 = 32011;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizers")
+    fixture("tokenizers")
 }
 
 #[derive(Deserialize)]
@@ -48,11 +50,8 @@ struct Case {
     decoded_skip_special: String,
 }
 
-static EXPECTED: LazyLock<Expected> = LazyLock::new(|| {
-    let path = fixtures().join("expected.json");
-    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-});
+static EXPECTED: LazyLock<Expected> =
+    LazyLock::new(|| read_json(&fixtures().join("expected.json")));
 
 fn reference(name: &str) -> &'static Reference {
     &EXPECTED.tokenizers[name]
@@ -71,31 +70,44 @@ fn folder_with(model: &str, files: &[&str]) -> tempfile::TempDir {
     dir
 }
 
-/// Phi-3 read from its SentencePiece `tokenizer.model` (no `tokenizer.json` next to it).
-fn phi3_from_sentencepiece() -> tempfile::TempDir {
-    folder_with(
-        "phi-3",
-        &[
-            "tokenizer.model",
-            "tokenizer_config.json",
-            "added_tokens.json",
-            "special_tokens_map.json",
-        ],
-    )
+/// Where a tokenizer is read from: a fixture folder as shipped, or a copy of one holding only
+/// some of its files.
+#[derive(Clone, Copy, Debug)]
+enum Folder {
+    Shipped(&'static str),
+    Only(&'static str, &'static [&'static str]),
 }
 
+/// Phi-3's SentencePiece `tokenizer.model` and its configs, without `tokenizer.json`.
+const PHI3_SENTENCEPIECE_FILES: &[&str] = &[
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "added_tokens.json",
+    "special_tokens_map.json",
+];
+
+/// Phi-3 read from its SentencePiece `tokenizer.model`.
+const PHI3_FROM_SENTENCEPIECE: Folder = Folder::Only("phi-3", PHI3_SENTENCEPIECE_FILES);
+
 /// Phi-2 read from `vocab.json` + `merges.txt` (the GPT-2/CodeGen flavour).
-fn phi2_from_vocab_and_merges() -> tempfile::TempDir {
-    folder_with(
-        "phi-2",
-        &[
-            "vocab.json",
-            "merges.txt",
-            "added_tokens.json",
-            "tokenizer_config.json",
-            "special_tokens_map.json",
-        ],
-    )
+const PHI2_FROM_VOCAB_AND_MERGES: Folder = Folder::Only(
+    "phi-2",
+    &[
+        "vocab.json",
+        "merges.txt",
+        "added_tokens.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ],
+);
+
+impl Folder {
+    fn load(self) -> ImpTokenizer {
+        match self {
+            Folder::Shipped(model) => load(&fixtures().join(model)),
+            Folder::Only(model, files) => load(folder_with(model, files).path()),
+        }
+    }
 }
 
 /// llama.cpp's inputs and the ids HF tokenizers gave for them.
@@ -132,22 +144,11 @@ fn encoding_mismatches(tokenizer: &ImpTokenizer, cases: &[(String, Vec<u32>)]) -
         .collect()
 }
 
-fn assert_matches_llama_cpp(tokenizer: &ImpTokenizer, vocab: &str) {
-    let mismatches = encoding_mismatches(tokenizer, &llama_cpp_vectors(vocab));
-    assert!(
-        mismatches.is_empty(),
-        "{vocab}: {} of {} differ:\n{}",
-        mismatches.len(),
-        EXPECTED.llama_cpp_inputs,
-        mismatches.join("\n")
-    );
-}
-
 #[test]
 fn phi2_matches_gpt2_vectors_except_codegen_whitespace_runs() {
     // Phi-2 is GPT-2's BPE plus CodeGen's whitespace-run tokens, which GPT-2 lacks: inputs that
     // contain such a run must differ from GPT-2 and then match transformers' Phi-2 instead.
-    let tokenizer = load(&fixtures().join("phi-2"));
+    let tokenizer = Folder::Shipped("phi-2").load();
     let phi2 = reference("phi-2");
     let mut differing = 0;
     for (i, (text, gpt2_ids)) in llama_cpp_vectors("ggml-vocab-gpt-2").iter().enumerate() {
@@ -166,34 +167,46 @@ fn phi2_matches_gpt2_vectors_except_codegen_whitespace_runs() {
     assert_eq!(differing, 7, "inputs where Phi-2 and GPT-2 differ");
 }
 
-#[test]
-fn qwen_matches_qwen2_vectors() {
-    assert_matches_llama_cpp(&load(&fixtures().join("qwen1.5")), "ggml-vocab-qwen2");
-}
+/// (tokenizer, llama.cpp vocabulary whose vectors it must reproduce)
+const LLAMA_CPP_VECTORS: [(Folder, &str); 3] = [
+    (Folder::Shipped("qwen1.5"), "ggml-vocab-qwen2"),
+    (Folder::Shipped("phi-3"), "ggml-vocab-phi-3"),
+    (PHI3_FROM_SENTENCEPIECE, "ggml-vocab-phi-3"),
+];
 
 #[test]
-fn phi3_tokenizer_json_matches_phi3_vectors() {
-    assert_matches_llama_cpp(&load(&fixtures().join("phi-3")), "ggml-vocab-phi-3");
-}
-
-#[test]
-fn phi3_sentencepiece_matches_phi3_vectors() {
-    let dir = phi3_from_sentencepiece();
-    assert_matches_llama_cpp(&load(dir.path()), "ggml-vocab-phi-3");
+fn qwen_and_phi3_match_llama_cpp_vectors() {
+    for (folder, vocab) in LLAMA_CPP_VECTORS {
+        let mismatches = encoding_mismatches(&folder.load(), &llama_cpp_vectors(vocab));
+        assert!(
+            mismatches.is_empty(),
+            "{folder:?} against {vocab}: {} of {} differ:\n{}",
+            mismatches.len(),
+            EXPECTED.llama_cpp_inputs,
+            mismatches.join("\n")
+        );
+    }
 }
 
 /// Adds Imp's special tokens, then compares every encoding and both decodings of every text.
-fn assert_matches_transformers(dir: &Path, name: &str) {
+fn assert_matches_transformers(folder: Folder, name: &str) {
     let reference = reference(name);
-    let mut tokenizer = load(dir);
+    let mut tokenizer = folder.load();
     let added: Vec<&str> = reference
         .added_special_tokens
         .iter()
         .map(String::as_str)
         .collect();
     let ids = tokenizer.ensure_special_tokens(&added).unwrap();
-    assert_eq!(ids, reference.added_special_token_ids, "{name}: added ids");
-    assert_eq!(tokenizer.vocab_size(), reference.vocab_size, "{name}: size");
+    assert_eq!(
+        ids, reference.added_special_token_ids,
+        "{folder:?}, {name}: added ids"
+    );
+    assert_eq!(
+        tokenizer.vocab_size(),
+        reference.vocab_size,
+        "{folder:?}, {name}: size"
+    );
 
     let mut failures = Vec::new();
     for (text, case) in EXPECTED.texts.iter().zip(&reference.cases) {
@@ -212,45 +225,35 @@ fn assert_matches_transformers(dir: &Path, name: &str) {
     }
     assert!(
         failures.is_empty(),
-        "{name}: {} mismatches:\n{}",
+        "{folder:?}, {name}: {} mismatches:\n{}",
         failures.len(),
         failures.join("\n")
     );
 }
 
-#[test]
-fn phi2_matches_transformers() {
-    assert_matches_transformers(&fixtures().join("phi-2"), "phi-2");
-}
+/// (tokenizer, transformers' reference it must match). transformers' slow SentencePiece
+/// tokenizer (legacy=False) differs from the fast one after special tokens; ours follows the
+/// fast one, the primary reference, also when read from `tokenizer.model`.
+const TRANSFORMERS_REFERENCES: [(Folder, &str); 5] = [
+    (Folder::Shipped("phi-2"), "phi-2"),
+    (PHI2_FROM_VOCAB_AND_MERGES, "phi-2"),
+    (Folder::Shipped("qwen1.5"), "qwen1.5"),
+    (Folder::Shipped("phi-3"), "phi-3"),
+    (PHI3_FROM_SENTENCEPIECE, "phi-3"),
+];
 
 #[test]
-fn phi2_from_vocab_and_merges_matches_transformers() {
-    assert_matches_transformers(phi2_from_vocab_and_merges().path(), "phi-2");
-}
-
-#[test]
-fn qwen_matches_transformers() {
-    assert_matches_transformers(&fixtures().join("qwen1.5"), "qwen1.5");
-}
-
-#[test]
-fn phi3_matches_transformers() {
-    assert_matches_transformers(&fixtures().join("phi-3"), "phi-3");
-}
-
-/// transformers' slow SentencePiece tokenizer (legacy=False) differs from the fast one after
-/// special tokens; ours follows the fast one, the primary reference (checked in full here).
-#[test]
-fn phi3_from_sentencepiece_matches_transformers_fast() {
-    assert_matches_transformers(phi3_from_sentencepiece().path(), "phi-3");
+fn every_layout_matches_transformers() {
+    for (folder, name) in TRANSFORMERS_REFERENCES {
+        assert_matches_transformers(folder, name);
+    }
 }
 
 /// The slow tokenizer (legacy=False) prepends no `▁` to text that follows a special token, the
 /// fast one does; everywhere else the two agree, and ours agrees with both.
 #[test]
 fn phi3_from_sentencepiece_differs_from_slow_transformers_only_where_fast_does() {
-    let dir = phi3_from_sentencepiece();
-    let mut tokenizer = load(dir.path());
+    let mut tokenizer = PHI3_FROM_SENTENCEPIECE.load();
     tokenizer.ensure_special_tokens(&["<image>"]).unwrap();
     let slow = reference("phi-3-slow");
     assert!(!slow.ids_differ_from_fast.is_empty());
@@ -273,40 +276,45 @@ fn sections(tokenizer: &ImpTokenizer, keys: &[&str]) -> Vec<(String, Value)> {
         .collect()
 }
 
-#[test]
-fn phi3_from_sentencepiece_rebuilds_the_shipped_tokenizer_json() {
-    let keys = [
-        "/model",
-        "/normalizer",
-        "/pre_tokenizer",
-        "/decoder",
-        "/added_tokens",
-    ];
-    let shipped = sections(&load(&fixtures().join("phi-3")), &keys);
-    let built = sections(&load(phi3_from_sentencepiece().path()), &keys);
-    for ((key, shipped), (_, built)) in shipped.iter().zip(&built) {
-        assert!(shipped == built, "{key} differs");
-    }
-}
+/// (shipped folder, fallback layout rebuilt from it, the parts that must be equal)
+const REBUILDS: [(&str, Folder, &[&str]); 2] = [
+    (
+        "phi-3",
+        PHI3_FROM_SENTENCEPIECE,
+        &[
+            "/model",
+            "/normalizer",
+            "/pre_tokenizer",
+            "/decoder",
+            "/added_tokens",
+        ],
+    ),
+    (
+        "phi-2",
+        PHI2_FROM_VOCAB_AND_MERGES,
+        &[
+            "/model/vocab",
+            "/model/merges",
+            "/pre_tokenizer",
+            "/added_tokens",
+        ],
+    ),
+];
 
 #[test]
-fn phi2_from_vocab_and_merges_rebuilds_the_shipped_vocabulary() {
-    let keys = [
-        "/model/vocab",
-        "/model/merges",
-        "/pre_tokenizer",
-        "/added_tokens",
-    ];
-    let shipped = sections(&load(&fixtures().join("phi-2")), &keys);
-    let built = sections(&load(phi2_from_vocab_and_merges().path()), &keys);
-    for ((key, shipped), (_, built)) in shipped.iter().zip(&built) {
-        assert!(shipped == built, "{key} differs");
+fn fallback_layouts_rebuild_the_shipped_tokenizer() {
+    for (shipped, fallback, keys) in REBUILDS {
+        let shipped = sections(&Folder::Shipped(shipped).load(), keys);
+        let built = sections(&fallback.load(), keys);
+        for ((key, shipped), (_, built)) in shipped.iter().zip(&built) {
+            assert!(shipped == built, "{fallback:?}: {key} differs");
+        }
     }
 }
 
 #[test]
 fn imp_special_tokens_get_their_ids() {
-    let mut phi2 = load(&fixtures().join("phi-2"));
+    let mut phi2 = Folder::Shipped("phi-2").load();
     assert_eq!(phi2.token_id("<image>"), None);
     let size = phi2.vocab_size();
     let ids = phi2.ensure_special_tokens(&["</s>", "<image>"]).unwrap();
@@ -323,7 +331,7 @@ fn imp_special_tokens_get_their_ids() {
     assert_eq!((ids[1], ids[ids.len() - 1]), (PHI2_IMAGE, PHI2_EOS));
     assert_eq!(phi2.decode(&[PHI2_IMAGE, PHI2_EOS], true).unwrap(), "");
 
-    let mut qwen = load(&fixtures().join("qwen1.5"));
+    let mut qwen = Folder::Shipped("qwen1.5").load();
     assert_eq!(
         qwen.ensure_special_tokens(&["<image>"]).unwrap(),
         [QWEN_IMAGE]
@@ -332,7 +340,7 @@ fn imp_special_tokens_get_their_ids() {
     assert_eq!(qwen.token_id("<|im_start|>"), Some(151644));
     assert_eq!(qwen.token_id("<|im_end|>"), Some(151645));
 
-    let mut phi3 = load(&fixtures().join("phi-3"));
+    let mut phi3 = Folder::Shipped("phi-3").load();
     assert_eq!(
         phi3.ensure_special_tokens(&["<image>"]).unwrap(),
         [PHI3_IMAGE]
@@ -395,7 +403,7 @@ fn corrupt_files_are_named() {
 
 #[test]
 fn truncated_sentencepiece_model_is_rejected() {
-    let dir = phi3_from_sentencepiece();
+    let dir = folder_with("phi-3", PHI3_SENTENCEPIECE_FILES);
     let path = dir.path().join("tokenizer.model");
     let bytes = fs::read(&path).unwrap();
     fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
