@@ -21,8 +21,8 @@
 //!
 //! The tensor-level functions are candle ops with a CPU forward pass only, for CPU tensors of one
 //! float dtype that track no gradients ([`host::fast_path`]); other devices and training keep
-//! candle's ops (the GELU functions fall back to them themselves, attention and norm callers
-//! check first).
+//! candle's ops: the choice is made by the caller, `imp::nn`, the one place that calls these
+//! kernels.
 
 mod act;
 pub mod cpu;
