@@ -71,44 +71,16 @@ struct Sample {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    if let Some(threads) = args.threads {
-        if threads == 0 {
-            bail!("--threads must be at least 1");
-        }
-        // Read by candle and by rayon's global pool when they first start, which is below.
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    }
-    if args.gen_tokens < 2 {
-        bail!("--gen-tokens must be at least 2 (the first token comes from the prefill)");
-    }
-    if args.repeat == 0 {
-        bail!("--repeat must be at least 1");
-    }
+    check_args(&args)?;
     let image = match &args.image {
-        Some(path) => Some(imp::preprocess::load_rgb(path)?),
+        Some(path) => Some(imp::load_rgb(path)?),
         None => (!args.no_image).then(generated_image),
     };
     let threads = candle_core::utils::get_num_threads();
     let bandwidth = imp_tools::bandwidth::read_bandwidth(threads, PROBE_BYTES, 5);
 
-    let options = crate::load_options(&args.load)?;
     let start = Instant::now();
-    let (model, name) = match (&args.model, &args.synthetic) {
-        (_, Some(preset)) => {
-            let preset = Preset::from_name(preset)?;
-            let tokenizer = crate::bundled::tokenizer_folder(preset.family())?;
-            let checkpoint = SyntheticCheckpoint::new(preset, tokenizer.path(), args.seed);
-            let model = ImpModel::from_source(&checkpoint, &options)?;
-            (model, format!("synthetic {}", preset.name()))
-        }
-        (Some(model), None) => {
-            let dir = imp::hub::resolve_model(model, &imp::hub::HubOptions::default())?;
-            let loaded = ImpModel::load(&dir, &options)
-                .with_context(|| format!("loading {}", dir.display()))?;
-            (loaded, model.clone())
-        }
-        (None, None) => bail!("give --model or --synthetic"),
-    };
+    let (model, name) = load(&args)?;
     let load_s = start.elapsed().as_secs_f64();
 
     let images: Vec<RgbImage> = image.into_iter().collect();
@@ -141,8 +113,79 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
 
-    let median = |f: &dyn Fn(&Sample) -> f64| -> f64 {
-        let mut values: Vec<f64> = samples.iter().map(f).collect();
+    let measured = Measured {
+        model: &model,
+        name,
+        threads,
+        images: images.len(),
+        prompt_tokens: prepared.len(),
+        load_s,
+        bandwidth,
+        samples: &samples,
+    };
+    let report = measured.report(&args);
+    if args.json {
+        println!("{report}");
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn check_args(args: &BenchArgs) -> Result<()> {
+    if let Some(threads) = args.threads {
+        if threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        // Read by candle and by rayon's global pool when they first start, which is below.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    if args.gen_tokens < 2 {
+        bail!("--gen-tokens must be at least 2 (the first token comes from the prefill)");
+    }
+    if args.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    Ok(())
+}
+
+/// The model to measure and its name in the report.
+fn load(args: &BenchArgs) -> Result<(ImpModel, String)> {
+    let options = crate::load_options(&args.load)?;
+    match (&args.model, &args.synthetic) {
+        (_, Some(preset)) => {
+            let preset = Preset::from_name(preset)?;
+            let tokenizer = crate::bundled::tokenizer_folder(preset.family())?;
+            let checkpoint = SyntheticCheckpoint::new(preset, tokenizer.path(), args.seed);
+            let model = ImpModel::from_source(&checkpoint, &options)?;
+            Ok((model, format!("synthetic {}", preset.name())))
+        }
+        (Some(model), None) => {
+            let dir = imp::hub::resolve_model(model, &imp::hub::HubOptions::default())?;
+            let loaded = ImpModel::load(&dir, &options)
+                .with_context(|| format!("loading {}", dir.display()))?;
+            Ok((loaded, model.clone()))
+        }
+        (None, None) => bail!("give --model or --synthetic"),
+    }
+}
+
+/// What one `imp bench` run measured, before it is summarised.
+struct Measured<'a> {
+    model: &'a ImpModel,
+    name: String,
+    threads: usize,
+    images: usize,
+    prompt_tokens: usize,
+    load_s: f64,
+    /// Read bandwidth in bytes per second, measured in the same run.
+    bandwidth: f64,
+    samples: &'a [Sample],
+}
+
+impl Measured<'_> {
+    fn median(&self, f: &dyn Fn(&Sample) -> f64) -> f64 {
+        let mut values: Vec<f64> = self.samples.iter().map(f).collect();
         values.sort_by(f64::total_cmp);
         let n = values.len();
         if n % 2 == 1 {
@@ -150,42 +193,43 @@ pub fn run(args: BenchArgs) -> Result<()> {
         } else {
             (values[n / 2 - 1] + values[n / 2]) / 2.0
         }
-    };
-    let decode_tok_s = median(&|s| s.decode_tok_s);
-    let short_decode_tok_s = median(&|s| s.short_decode_tok_s);
-    let weight_bytes = model.info().decode_weight_bytes;
-    let bound_tok_s = bandwidth / weight_bytes as f64;
-    let report = json!({
-        "model": name,
-        "quant": quant_label(&model),
-        "threads": threads,
-        "image_size": (!images.is_empty()).then(|| model.config().vision.image_size),
-        "image_tokens": model.image_tokens() * images.len(),
-        "repeat": args.repeat,
-        "load_s": load_s,
-        "preprocess_s": median(&|s| s.stages.preprocess.as_secs_f64()),
-        "vision_s": median(&|s| s.stages.vision.as_secs_f64()),
-        "projector_s": median(&|s| s.stages.projector.as_secs_f64()),
-        "prefill_s": median(&|s| s.stages.prefill.as_secs_f64()),
-        "prefill_tokens": prepared.len(),
-        "prefill_tok_s": prepared.len() as f64 / median(&|s| s.stages.prefill.as_secs_f64()),
-        "ttft_s": median(&|s| s.stages.time_to_first_token().as_secs_f64()),
-        "gen_tokens": args.gen_tokens,
-        "decode_tok_s": decode_tok_s,
-        "short_context_decode_tok_s": short_decode_tok_s,
-        "long_to_short_decode": decode_tok_s / short_decode_tok_s,
-        "peak_rss_bytes": crate::peak_rss_bytes(),
-        "weight_bytes_per_token": weight_bytes,
-        "bandwidth_gb_s": bandwidth / 1e9,
-        "bandwidth_bound_tok_s": bound_tok_s,
-        "decode_fraction_of_bound": decode_tok_s / bound_tok_s,
-    });
-    if args.json {
-        println!("{report}");
-    } else {
-        print_table(&report);
     }
-    Ok(())
+
+    /// The medians of every stage, and decode against the bandwidth bound.
+    fn report(&self, args: &BenchArgs) -> Value {
+        let model = self.model;
+        let median = |f: &dyn Fn(&Sample) -> f64| self.median(f);
+        let decode_tok_s = median(&|s| s.decode_tok_s);
+        let short_decode_tok_s = median(&|s| s.short_decode_tok_s);
+        let weight_bytes = model.info().decode_weight_bytes;
+        let bound_tok_s = self.bandwidth / weight_bytes as f64;
+        let prefill_s = median(&|s| s.stages.prefill.as_secs_f64());
+        json!({
+            "model": self.name,
+            "quant": quant_label(model),
+            "threads": self.threads,
+            "image_size": (self.images > 0).then(|| model.config().vision.image_size),
+            "image_tokens": model.image_tokens() * self.images,
+            "repeat": args.repeat,
+            "load_s": self.load_s,
+            "preprocess_s": median(&|s| s.stages.preprocess.as_secs_f64()),
+            "vision_s": median(&|s| s.stages.vision.as_secs_f64()),
+            "projector_s": median(&|s| s.stages.projector.as_secs_f64()),
+            "prefill_s": prefill_s,
+            "prefill_tokens": self.prompt_tokens,
+            "prefill_tok_s": self.prompt_tokens as f64 / prefill_s,
+            "ttft_s": median(&|s| s.stages.time_to_first_token().as_secs_f64()),
+            "gen_tokens": args.gen_tokens,
+            "decode_tok_s": decode_tok_s,
+            "short_context_decode_tok_s": short_decode_tok_s,
+            "long_to_short_decode": decode_tok_s / short_decode_tok_s,
+            "peak_rss_bytes": crate::peak_rss_bytes(),
+            "weight_bytes_per_token": weight_bytes,
+            "bandwidth_gb_s": self.bandwidth / 1e9,
+            "bandwidth_bound_tok_s": bound_tok_s,
+            "decode_fraction_of_bound": decode_tok_s / bound_tok_s,
+        })
+    }
 }
 
 /// One image question end to end, then a short text-only decode for comparison.
