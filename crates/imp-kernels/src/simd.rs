@@ -1,5 +1,5 @@
-//! The small SIMD vocabulary the fused kernels ([`crate::flash`], [`crate::norm`],
-//! [`crate::gelu`]) are written in: each kernel is written once against [`Simd`] and compiled
+//! The small SIMD vocabulary the fused kernels (`flash`, `norm`,
+//! `gelu`) are written in: each kernel is written once against [`Simd`] and compiled
 //! for every path in [`PATHS`], and [`run`] enters the one asked for.
 //!
 //! Closures must not carry vector code: a closure is a function of its own, compiled without

@@ -4,7 +4,7 @@
 //! gets back where they are stored. Separate q/k/v (HF Phi, Qwen2) and gate/up (Qwen2) matrices
 //! are stacked into the fused layout that phi-msft and Phi-3 store, so one decoder definition
 //! serves every style with one matmul per projection. Names say where weights are, never how
-//! a block is built: that is [`Family`](crate::config::Family)'s to state.
+//! a block is built: that is `config::Family`'s to state.
 
 use std::fmt;
 use std::path::Path;
@@ -13,7 +13,7 @@ use crate::quant::Part;
 use crate::{Error, Result};
 
 /// What is stored, without the data: enough to tell a naming style and to read the sizes a
-/// config leaves out. Every [`TensorSource`](crate::checkpoint::TensorSource) is one.
+/// config leaves out. Every `checkpoint::TensorSource` is one.
 pub trait TensorShapes {
     /// The folder or file the tensors come from, for messages.
     fn location(&self) -> &Path;

@@ -6,7 +6,7 @@
 //! under 1% of the parameters and the patch convolution is not a matrix product in any format
 //! GGML tools quantize. GGML block formats need the input width to be a whole number of blocks
 //! (32 values, or 256 for the k-quants); widths that are not (SigLIP's 1152 and 4304, the tiny
-//! test models' 8-12) are zero-padded, and [`Linear`](crate::nn::Linear) pads the activation
+//! test models' 8-12) are zero-padded, and `nn::Linear` pads the activation
 //! to match, so every matrix gets exactly the format asked for. The padding goes to a whole
 //! 256-value super-block for every block format: candle's fast repacked x86 kernels need that
 //! for q8_0 too (SigLIP's 1152 padded to 1280 runs the q8_0 vision tower 4.5x faster than

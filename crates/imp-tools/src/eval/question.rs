@@ -1,5 +1,5 @@
-//! The question types shared by reading question files ([`super::prompts`]), writing and
-//! matching answers ([`super::answers`]) and scoring.
+//! The question types shared by reading question files (`prompts`), writing and
+//! matching answers (`answers`) and scoring.
 
 use std::fmt;
 
