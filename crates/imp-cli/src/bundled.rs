@@ -44,8 +44,8 @@ const PHOTOS: &[File] = fixture_files!(
     "skimage_coins.png", "skimage_retina.jpg", "skimage_rocket.jpg",
 );
 
-/// `family`'s tokenizer files in a fresh temporary folder (removed when dropped): `imp::synthetic`
-/// takes its tokenizer as a folder.
+/// `family`'s tokenizer files in a fresh temporary folder (removed when dropped):
+/// `imp_tools::synthetic` takes its tokenizer as a folder.
 pub fn tokenizer_folder(family: Family) -> Result<TempDir> {
     let files = match family {
         Family::Phi2 => PHI2_TOKENIZER,

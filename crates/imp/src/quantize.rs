@@ -11,7 +11,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device};
 
 use crate::checkpoint::{self, gguf::keys::*};
-use crate::config::ImpConfig;
+use crate::config::{ConfigFiles, ImpConfig};
 use crate::names::Source;
 use crate::quant::{self, Matrix, Part, Quantization};
 use crate::template::SpecialTokens;
@@ -40,8 +40,9 @@ pub fn write_gguf(
             dir.display()
         )));
     }
-    let config = ImpConfig::load(&checkpoint.config_files()?, checkpoint.as_ref())?;
-    let mut metadata = metadata(dir, checkpoint.as_ref(), &config, plan)?;
+    let files = checkpoint.config_files()?;
+    let config = ImpConfig::load(&files, checkpoint.as_ref())?;
+    let mut metadata = metadata(dir, checkpoint.as_ref(), &files, &config, plan)?;
 
     let style = config.style;
     let matrices: HashSet<String> = style
@@ -100,10 +101,10 @@ pub fn write_gguf(
 fn metadata(
     dir: &Path,
     checkpoint: &dyn checkpoint::TensorSource,
+    files: &ConfigFiles,
     config: &ImpConfig,
     plan: &Quantization,
 ) -> Result<Vec<(String, Value)>> {
-    let files = checkpoint.config_files()?;
     let tokenizer = checkpoint.tokenizer()?;
     let special = SpecialTokens::add_to(&mut tokenizer.clone(), config)?;
     let path = dir.join(TOKENIZER_CONFIG);
