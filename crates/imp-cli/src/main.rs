@@ -4,15 +4,18 @@ mod bench;
 mod bundled;
 mod eval;
 mod quantize;
+mod train;
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::{Parser, Subcommand, ValueEnum};
+use imp::adapter::Adapter;
 use imp::hub::{resolve_model, HubOptions};
 use imp::{generate, GenerationOptions, ImpModel, LoadOptions, Prompt, SamplingParams};
 use imp_tools::synthetic::{self, Preset};
@@ -45,6 +48,8 @@ enum Command {
     QuantReport(quantize::ReportArgs),
     /// Measure the speed of every stage of an image question, and the memory bandwidth.
     Bench(bench::BenchArgs),
+    /// Fine-tune: the Imp recipe's projector pre-training (stage 1) or LoRA (stage 2).
+    Train(train::TrainCommand),
     /// Run the paper's benchmarks, score them by their official rules, compare runs.
     Eval {
         #[command(subcommand)]
@@ -95,6 +100,9 @@ struct LoadArgs {
     pool: usize,
     #[command(flatten)]
     quant: quantize::QuantArgs,
+    /// A LoRA adapter folder (PEFT's format, as `imp train` writes it), applied unmerged.
+    #[arg(long)]
+    lora: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -174,6 +182,7 @@ fn main() -> ExitCode {
             .and_then(|runtime| runtime.block_on(imp_server::serve(config))),
         Command::Quantize(args) => quantize::quantize(args),
         Command::QuantReport(args) => quantize::report(args),
+        Command::Train(command) => train::run(command),
         Command::Eval { command } => eval::run(command),
         Command::Bench(args) => bench::run(args),
     };
@@ -192,6 +201,15 @@ fn load_options(args: &LoadArgs) -> Result<LoadOptions> {
         image_size: args.image_size,
         pool: args.pool,
         quantization: args.quant.plan()?,
+        adapter: args
+            .lora
+            .as_ref()
+            .map(|dir| {
+                Adapter::load(dir, &candle_core::Device::Cpu)
+                    .map(Arc::new)
+                    .with_context(|| format!("loading the adapter {}", dir.display()))
+            })
+            .transpose()?,
         ..Default::default()
     })
 }

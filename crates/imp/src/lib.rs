@@ -21,6 +21,7 @@
 //! # Ok::<(), imp::Error>(())
 //! ```
 
+pub mod adapter;
 pub mod checkpoint;
 pub mod config;
 mod error;

@@ -4,9 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::adapter::Adapter;
 use crate::checkpoint::{self, TensorSource, Weights};
 use crate::config::{Family, ImpConfig};
 use crate::models::{pool_patches, Decoder, Projector, VisionTower};
@@ -32,6 +34,8 @@ pub struct LoadOptions {
     /// Storage format of each part's matrices, converted as they are read (a folder only; a
     /// GGUF file is used as stored).
     pub quantization: Quantization,
+    /// LoRA (and projector) weights applied unmerged on top of the checkpoint's.
+    pub adapter: Option<Arc<Adapter>>,
 }
 
 impl Default for LoadOptions {
@@ -42,6 +46,7 @@ impl Default for LoadOptions {
             image_size: None,
             pool: 1,
             quantization: Quantization::default(),
+            adapter: None,
         }
     }
 }
@@ -90,16 +95,20 @@ impl ImpModel {
         let special = SpecialTokens::add_to(&mut tokenizer, &config)?;
 
         let style = config.style;
-        let weights = Weights::new(
+        let mut weights = Weights::new(
             checkpoint,
             style,
             options.dtype,
             options.device.clone(),
             options.quantization,
         )?;
+        if let Some(adapter) = &options.adapter {
+            weights = weights.with_adapter(adapter);
+        }
         let vision = VisionTower::load(&weights, style, &config.vision)?;
         let projector = Projector::load(&weights, style, &config.projector)?;
         let decoder = Decoder::load(&weights, style, &config.decoder, config.max_context)?;
+        weights.check_adapter_used()?;
 
         let count = |prefix: &str| -> usize {
             checkpoint
@@ -170,6 +179,11 @@ impl ImpModel {
 
     pub fn image_token_id(&self) -> u32 {
         self.image_token_id
+    }
+
+    /// The BOS id the family's tokenizer prepends (Phi-3's `<s>`), if any.
+    pub fn bos_token_id(&self) -> Option<u32> {
+        self.bos_token_id
     }
 
     pub fn stop_token_ids(&self) -> &[u32] {

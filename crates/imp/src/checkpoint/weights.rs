@@ -1,13 +1,15 @@
 //! [`Weights`]: named tensors of a [`TensorSource`] turned into the layers of [`crate::nn`].
 
 use std::cell::RefCell;
+use std::collections::BTreeSet;
 
 use candle_core::{DType, Device, Tensor};
 
 use super::TensorSource;
+use crate::adapter::Adapter;
 use crate::config::NormKind;
 use crate::names::{LinearNames, NamingStyle, NormNames, Source};
-use crate::nn::{Embedding, Linear, Norm};
+use crate::nn::{Embedding, Linear, Lora, LoraRows, Norm};
 use crate::quant::{self, Matrix, Part, Quantization, WeightGroup};
 use crate::{Error, Result};
 
@@ -19,6 +21,9 @@ pub struct Weights<'a> {
     pub dtype: DType,
     pub device: Device,
     quantization: Quantization,
+    adapter: Option<&'a Adapter>,
+    /// The adapter's modules and replacements that found their layer.
+    adapted: RefCell<BTreeSet<String>>,
     /// How each matrix and the other tensors were stored, for `imp info`.
     stored: RefCell<Vec<WeightGroup>>,
 }
@@ -46,8 +51,42 @@ impl<'a> Weights<'a> {
             dtype,
             device,
             quantization,
+            adapter: None,
+            adapted: RefCell::default(),
             stored: RefCell::default(),
         })
+    }
+
+    /// Adds the adapter's LoRA to the layers it names and uses its replacement tensors.
+    pub fn with_adapter(mut self, adapter: &'a Adapter) -> Self {
+        self.adapter = Some(adapter);
+        self
+    }
+
+    /// Fails on any part of the adapter that no layer loaded so far used: an adapter for
+    /// another model, or one reaching into the frozen vision tower.
+    pub fn check_adapter_used(&self) -> Result<()> {
+        let Some(adapter) = self.adapter else {
+            return Ok(());
+        };
+        let adapted = self.adapted.borrow();
+        let unused = adapter
+            .lora_modules()
+            .map(|(m, _)| m)
+            .chain(adapter.replacements().map(|(n, _)| n))
+            .find(|name| !adapted.contains(*name));
+        match unused {
+            Some(name) => Err(Error::tensor(
+                name,
+                format!(
+                    "the adapter names a layer this {} model does not have or does not adapt \
+                     (only the language model's linear layers take LoRA, and only the \
+                     projector is replaced)",
+                    self.style.label()
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// How every weight read so far is stored, grouped: by part, the matrices first.
@@ -76,11 +115,17 @@ impl<'a> Weights<'a> {
         out_features: usize,
         in_features: usize,
     ) -> Result<Linear> {
-        let weight = self.matrix(&names.weight, out_features, in_features)?;
+        let weight = match self.replacement(&names.weight, &[out_features, in_features])? {
+            Some(weight) => Matrix::Dense(weight),
+            None => self.matrix(&names.weight, out_features, in_features)?,
+        };
         let bias = names
             .bias
             .as_ref()
             .map(|b| {
+                if let Some(bias) = self.replacement(b, &[out_features])? {
+                    return Ok(bias);
+                }
                 let bias = self
                     .checkpoint
                     .load(b, &[out_features], self.dtype, &self.device)?;
@@ -88,7 +133,79 @@ impl<'a> Weights<'a> {
                 Ok::<_, Error>(bias)
             })
             .transpose()?;
-        Linear::from_matrix(weight, in_features, bias)
+        let linear = Linear::from_matrix(weight, in_features, bias)?;
+        match self.lora(&names.weight, in_features, out_features)? {
+            Some(lora) => Ok(linear.with_lora(lora)),
+            None => Ok(linear),
+        }
+    }
+
+    /// The adapter's stand-in for a single stored tensor, checked against `shape`. Used as
+    /// given, in its own dtype: a variable being trained must stay the tensor the layer reads.
+    fn replacement(&self, source: &Source, shape: &[usize]) -> Result<Option<Tensor>> {
+        let (Some(adapter), Source::Tensor(name)) = (self.adapter, source) else {
+            return Ok(None);
+        };
+        if self.style.part_of(name) != Part::Projector {
+            return Ok(None);
+        }
+        let Some(tensor) = adapter.replacement(name) else {
+            return Ok(None);
+        };
+        if tensor.dims() != shape {
+            return Err(Error::tensor(
+                name.as_str(),
+                format!(
+                    "the adapter's replacement has shape {:?}, the model needs {shape:?}",
+                    tensor.dims()
+                ),
+            ));
+        }
+        self.adapted.borrow_mut().insert(name.clone());
+        Ok(Some(tensor.clone()))
+    }
+
+    /// The adapter's LoRA for a weight stored as one matrix or as rows of several, each stored
+    /// matrix `<module>.weight` adapted by the pair named `<module>`.
+    fn lora(&self, weight: &Source, in_features: usize, out: usize) -> Result<Option<Lora>> {
+        let Some(adapter) = self.adapter else {
+            return Ok(None);
+        };
+        // The vision tower stays frozen as the recipe has it; a pair meant for it is reported
+        // as unused.
+        if self.style.part_of(weight.names()[0]) != Part::Llm {
+            return Ok(None);
+        }
+        let mut parts = Vec::new();
+        let mut offset = 0;
+        for name in weight.names() {
+            let rows = self.checkpoint.shape(name)?[0];
+            let module = name.strip_suffix(".weight").unwrap_or(name);
+            if let Some(pair) = adapter.lora(module) {
+                if pair.b.dim(0)? != rows {
+                    return Err(Error::tensor(
+                        format!("{module}.lora_B.weight"),
+                        format!(
+                            "has shape {:?}, but `{name}` has {rows} rows",
+                            pair.b.dims()
+                        ),
+                    ));
+                }
+                parts.push(LoraRows {
+                    offset,
+                    a: pair.a.clone(),
+                    b: pair.b.clone(),
+                    scale: adapter.config().scale(),
+                    dropout: adapter.training_dropout(),
+                });
+                self.adapted.borrow_mut().insert(module.to_owned());
+            }
+            offset += rows;
+        }
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Lora::new(parts, in_features, out)?))
     }
 
     /// The token-embedding table `[vocab, hidden]`, stored like the language model's matrices.

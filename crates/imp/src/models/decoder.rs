@@ -148,12 +148,37 @@ impl Decoder {
         }
         let _span = tracing::trace_span!("decoder", tokens).entered();
         session.reserve(end)?;
+        let hidden = self.run_layers(embeds, start, Some(&mut *session))?;
+        session.advance(tokens);
+        Ok(hidden)
+    }
+
+    /// Runs a whole sequence `embeds[tokens, hidden]` from position 0 without a cache, and
+    /// returns the final-normed hidden states `[tokens, hidden]`: the training forward pass,
+    /// differentiable wherever the inputs or weights track gradients.
+    pub fn forward_sequence(&self, embeds: &Tensor) -> Result<Tensor> {
+        let (tokens, _) = embeds.dims2()?;
+        if tokens > self.rotary.max_positions() {
+            return Err(Error::ContextOverflow {
+                needed: tokens,
+                limit: self.rotary.max_positions(),
+            });
+        }
+        let _span = tracing::trace_span!("decoder", tokens).entered();
+        self.run_layers(embeds, 0, None)
+    }
+
+    fn run_layers(
+        &self,
+        embeds: &Tensor,
+        start: usize,
+        mut session: Option<&mut Session>,
+    ) -> Result<Tensor> {
         let mut x = embeds.unsqueeze(0)?;
         for (index, layer) in self.layers.iter().enumerate() {
             let _span = tracing::trace_span!("decoder_layer", index).entered();
-            x = layer.forward(&x, index, start, session, self)?;
+            x = layer.forward(&x, index, start, session.as_deref_mut(), self)?;
         }
-        session.advance(tokens);
         self.final_norm.forward(&x.squeeze(0)?)
     }
 
@@ -176,7 +201,7 @@ impl DecoderLayer {
         x: &Tensor,
         index: usize,
         start: usize,
-        session: &mut Session,
+        session: Option<&mut Session>,
         decoder: &Decoder,
     ) -> Result<Tensor> {
         let mlp_kind = decoder.config.family.mlp();
@@ -200,7 +225,7 @@ impl DecoderLayer {
         x: &Tensor,
         index: usize,
         start: usize,
-        session: &mut Session,
+        session: Option<&mut Session>,
         decoder: &Decoder,
     ) -> Result<Tensor> {
         let _span = tracing::trace_span!("attention").entered();
@@ -220,7 +245,10 @@ impl DecoderLayer {
         let v = heads_of(heads + kv_heads, kv_heads)?;
         // The cache views go in as they are: attention reads the strided rows and shares each
         // key/value head among its query heads.
-        let (k, v) = session.append(index, &k, &v)?;
+        let (k, v) = match session {
+            Some(session) => session.append(index, &k, &v)?,
+            None => (k, v),
+        };
         let out = attend(&q, &k, &v, Some(start))?;
         let out = out.transpose(1, 2)?.reshape((1, tokens, heads * hd))?;
         self.attn_out.forward(&out)

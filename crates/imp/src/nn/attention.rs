@@ -50,7 +50,13 @@ pub fn attend_candle(
     if let (Some(past), true) = (causal_past, new > 1) {
         scores = scores.broadcast_add(&causal_mask(past, new, k.dim(D::Minus2)?, q.device())?)?;
     }
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    // candle's fused softmax has no backward.
+    let probs = if scores.track_op() {
+        candle_nn::ops::softmax(&scores, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
+    let probs = probs.to_dtype(dtype)?;
     Ok(probs.matmul(&v.contiguous()?)?)
 }
 
@@ -115,10 +121,16 @@ impl Rotary {
         let (_, _, tokens, head_dim) = x.dims4()?;
         let cos = self.cos.narrow(0, start, tokens)?;
         let sin = self.sin.narrow(0, start, tokens)?;
+        // candle's fused rope has no backward; the composed one does.
+        let rope = if x.track_op() {
+            candle_nn::rotary_emb::rope_slow
+        } else {
+            candle_nn::rotary_emb::rope
+        };
         if self.rotary_dim == head_dim {
-            return Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?);
+            return Ok(rope(&x.contiguous()?, &cos, &sin)?);
         }
-        let rotated = candle_nn::rotary_emb::rope(
+        let rotated = rope(
             &x.narrow(D::Minus1, 0, self.rotary_dim)?.contiguous()?,
             &cos,
             &sin,

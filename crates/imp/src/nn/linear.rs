@@ -9,8 +9,9 @@ use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Module, Tensor, D};
 use imp_kernels::{PackedQ4K, PackedQ4_0};
 
+use super::lora::Lora;
 use crate::quant::Matrix;
-use crate::Result;
+use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -20,6 +21,7 @@ pub struct Linear {
     /// Input width of the stored weight: `in_features` plus a block format's zero padding.
     stored_in: usize,
     out_features: usize,
+    lora: Option<Lora>,
 }
 
 /// Who multiplies with the weight.
@@ -71,7 +73,18 @@ impl Linear {
             in_features,
             stored_in,
             out_features,
+            lora: None,
         })
+    }
+
+    /// The layer with low-rank adapters added to its output.
+    pub fn with_lora(mut self, lora: Lora) -> Self {
+        self.lora = Some(lora);
+        self
+    }
+
+    pub fn lora(&self) -> Option<&Lora> {
+        self.lora.as_ref()
     }
 
     pub fn in_features(&self) -> usize {
@@ -87,6 +100,18 @@ impl Linear {
         let _span = tracing::trace_span!("linear", out = self.out_features).entered();
         let dtype = x.dtype();
         let padding = self.stored_in - self.in_features;
+        let quantized = !matches!(
+            &self.weight,
+            Weight::Candle(QMatMul::Tensor(_) | QMatMul::TensorF16(_))
+        );
+        if quantized && x.track_op() {
+            // Block-format products have no backward: the gradient would stop here silently.
+            return Err(Error::InvalidArgument(
+                "gradients cannot flow through a quantized weight; train on a dense \
+                 (f32, f16 or bf16) model"
+                    .into(),
+            ));
+        }
         let y = match &self.weight {
             // A dense weight stored in another dtype than the activations (`--quant f16` at
             // f32) multiplies in its own dtype; block formats take f32, f16 and bf16
@@ -103,8 +128,14 @@ impl Linear {
             Weight::Q4K(weight) => self.padded_f32(x)?.apply_op1_no_bwd(weight.as_ref())?,
         }
         .to_dtype(dtype)?;
-        Ok(match &self.bias {
-            Some(bias) => y.broadcast_add(bias)?,
+        let y = match &self.bias {
+            Some(bias) if bias.dtype() == dtype => y.broadcast_add(bias)?,
+            // A trained f32 bias in a half-precision model.
+            Some(bias) => y.broadcast_add(&bias.to_dtype(dtype)?)?,
+            None => y,
+        };
+        Ok(match &self.lora {
+            Some(lora) => (y + lora.forward(x)?)?,
             None => y,
         })
     }

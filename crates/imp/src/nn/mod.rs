@@ -9,7 +9,9 @@
 pub mod act;
 pub mod attention;
 mod linear;
+pub mod lora;
 mod norm;
 
 pub use linear::{Embedding, Linear};
+pub use lora::{Lora, LoraRows};
 pub use norm::Norm;

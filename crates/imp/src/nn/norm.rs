@@ -20,18 +20,27 @@ impl Norm {
         Self::Rms(candle_nn::RmsNorm::new(weight, eps))
     }
 
-    /// Our fused kernels for CPU inference, candle's ops otherwise (other devices, training).
+    /// Our fused kernels for CPU inference; candle's fused ops on other devices; composed ops
+    /// (in f32) when gradients are tracked, since candle's fused norms have no backward.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _span = tracing::trace_span!("norm").entered();
+        let tracked = x.track_op();
         Ok(match self {
             Self::Layer(norm) => match norm.bias() {
                 Some(bias) if fast_path(&[x, norm.weight(), bias]) => {
                     kernels::norm::layer_norm(x, norm.weight(), bias, norm.eps())?
                 }
+                Some(bias) if tracked => {
+                    candle_nn::ops::layer_norm_slow(x, norm.weight(), bias, norm.eps() as f32)?
+                }
                 _ => norm.forward(x)?,
             },
             Self::Rms(norm) if fast_path(&[x, norm.weight()]) => {
                 kernels::norm::rms_norm(x, norm.weight(), norm.eps())?
+            }
+            Self::Rms(norm) if tracked => {
+                let eps = norm.eps() as f32;
+                candle_nn::ops::rms_norm_slow(x, norm.weight(), eps)?
             }
             Self::Rms(norm) => norm.forward(x)?,
         })

@@ -1,0 +1,25 @@
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// Training data that cannot be used, with the file and, where known, the sample at fault.
+    #[error("{}: {message}", path.display())]
+    Data { path: PathBuf, message: String },
+
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    #[error(transparent)]
+    Imp(#[from] imp::Error),
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}

@@ -1,0 +1,8 @@
+//! The crate's one test binary.
+
+mod data;
+mod masks;
+mod run;
+mod schedule;
+mod support;
+mod train_parity;
