@@ -11,7 +11,7 @@ python3 scripts/check_module_cycles.py
 
 tree() { cargo tree -p imp -e normal --prefix none --no-dedupe --locked "$@" | sort -u; }
 
-direct=$(tree --depth 1 | grep -E '^(zip|base64|axum|tokio|reqwest|imp-tools|imp-server|imp-cli) ' || true)
+direct=$(tree --depth 1 | grep -E '^(zip|base64|axum|tokio|reqwest|imp-tools|imp-train|imp-server|imp-cli) ' || true)
 if [ -n "$direct" ]; then
     printf 'imp must not depend on these (docs/ARCHITECTURE.md, Crates):\n%s\n' "$direct" >&2
     exit 1

@@ -128,6 +128,10 @@ struct TrainArgs {
     /// Fail on a sample the reference would silently drop for a tokenization mismatch.
     #[arg(long)]
     strict_masks: bool,
+    /// Encode the data and print token statistics, dropped samples, the step count and the
+    /// memory the run needs, without loading weights or training.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(clap::Args)]
@@ -238,8 +242,52 @@ fn options(args: TrainArgs) -> Result<TrainOptions> {
     })
 }
 
+fn dry_run(options: &TrainOptions) -> Result<()> {
+    let report = run::dry_run(options)?;
+    let data = &report.data;
+    println!(
+        "{} samples ({} with an image): {} dropped by the reference's mismatch rule, {} without \
+         loss tokens; tokens per sample: mean {:.0}, max {}",
+        data.samples,
+        data.image_samples,
+        data.mismatched,
+        data.without_loss,
+        data.mean_tokens,
+        data.max_tokens
+    );
+    println!(
+        "{} optimizer steps ({} per epoch, {} warmup)",
+        data.total_steps, data.steps_per_epoch, data.warmup_steps
+    );
+    let gb = |bytes: usize| bytes as f64 / 1e9;
+    println!(
+        "memory estimate at {:?}, one sample in flight ({:.1} M trainable parameters):",
+        options.dtype,
+        report.memory[0].trainable_parameters as f64 / 1e6
+    );
+    println!("| tokens | frozen weights | trainables + AdamW | activations | total | fits 24 / 40 / 80 GB |");
+    println!("|---|---|---|---|---|---|");
+    for m in &report.memory {
+        let total = gb(m.total_bytes());
+        let fits = [24.0, 40.0, 80.0].map(|cap| if total <= cap { "yes" } else { "no" });
+        println!(
+            "| {} | {:.2} GB | {:.2} GB | {:.2} GB | {total:.2} GB | {} |",
+            m.tokens,
+            gb(m.frozen_bytes),
+            gb(m.trainable_bytes),
+            gb(m.activation_bytes),
+            fits.join(" / ")
+        );
+    }
+    Ok(())
+}
+
 fn train(args: TrainArgs) -> Result<()> {
+    let dry = args.dry_run;
     let options = options(args)?;
+    if dry {
+        return dry_run(&options);
+    }
     let bar = ProgressBar::hidden();
     let outputs = run::train(&options, &mut |event| match event {
         Event::Prepared(report) => {

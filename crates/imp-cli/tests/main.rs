@@ -7,3 +7,4 @@ mod info;
 mod quantize;
 mod run;
 mod support;
+mod train;

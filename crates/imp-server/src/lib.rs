@@ -36,6 +36,9 @@ pub struct ServerConfig {
     /// Compute dtype: f32, f16 or bf16.
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     pub dtype: DType,
+    /// A LoRA adapter folder (PEFT's format, as `imp train` writes it), applied unmerged.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// 0 picks a free port (printed at start).
@@ -140,10 +143,19 @@ fn model_names(config: &ServerConfig, model_path: &Path) -> Vec<String> {
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let spec = config.model.clone();
     let dtype = config.dtype;
+    let lora = config.lora.clone();
     let (path, model) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let path = resolve_model(&spec, &HubOptions::default())?;
+        let adapter = lora
+            .map(|dir| {
+                imp::adapter::Adapter::load(&dir, &candle_core::Device::Cpu)
+                    .map(Arc::new)
+                    .with_context(|| format!("loading the adapter {}", dir.display()))
+            })
+            .transpose()?;
         let options = LoadOptions {
             dtype,
+            adapter,
             ..Default::default()
         };
         let model = ImpModel::load(&path, &options)

@@ -8,8 +8,10 @@
 pub mod data;
 mod error;
 pub mod loss;
+pub mod memory;
 pub mod merge;
 pub mod optim;
+pub mod plot;
 pub mod run;
 pub mod schedule;
 pub mod step;

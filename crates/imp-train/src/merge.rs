@@ -23,7 +23,9 @@ pub struct MergeReport {
     pub files: Vec<PathBuf>,
 }
 
-/// Writes `base` with `adapter` merged into `out`, which must not exist yet or be empty.
+/// Writes `base` with `adapter` merged into `out`, which must not exist yet or be empty, and
+/// must not lie inside `base`. The files are written into a sibling `<out>.partial` folder
+/// that becomes `out` only when everything is written, so a failed merge leaves nothing.
 pub fn merge(base: &Path, adapter: &Adapter, out: &Path) -> Result<MergeReport> {
     if !base.is_dir() {
         return Err(Error::InvalidArgument(format!(
@@ -32,14 +34,12 @@ pub fn merge(base: &Path, adapter: &Adapter, out: &Path) -> Result<MergeReport> 
             base.display()
         )));
     }
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
-    };
-    if fs::canonicalize(base).ok() == fs::canonicalize(out).ok() {
-        return Err(Error::InvalidArgument(
-            "--out is the base model's own folder; choose another".into(),
-        ));
+    let base_abs = fs::canonicalize(base).map_err(io(base))?;
+    if resolved(out)?.starts_with(&base_abs) {
+        return Err(Error::InvalidArgument(format!(
+            "--out {} is the base model's own folder or inside it; choose another",
+            out.display()
+        )));
     }
     if out.exists() && fs::read_dir(out).map_err(io(out))?.next().is_some() {
         return Err(Error::InvalidArgument(format!(
@@ -47,7 +47,56 @@ pub fn merge(base: &Path, adapter: &Adapter, out: &Path) -> Result<MergeReport> 
             out.display()
         )));
     }
-    fs::create_dir_all(out).map_err(io(out))?;
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    if partial.exists() {
+        fs::remove_dir_all(&partial).map_err(io(&partial))?;
+    }
+    fs::create_dir_all(&partial).map_err(io(&partial))?;
+    match write_merged(base, adapter, &partial) {
+        Ok(mut report) => {
+            if out.exists() {
+                fs::remove_dir(out).map_err(io(out))?;
+            }
+            fs::rename(&partial, out).map_err(io(out))?;
+            for file in &mut report.files {
+                if let Ok(name) = file.strip_prefix(&partial) {
+                    *file = out.join(name);
+                }
+            }
+            Ok(report)
+        }
+        Err(error) => {
+            let _ = fs::remove_dir_all(&partial);
+            Err(error)
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io { path, source }
+}
+
+/// `path` made absolute through its nearest existing ancestor (it may not exist yet).
+fn resolved(path: &Path) -> Result<PathBuf> {
+    let absolute = std::path::absolute(path).map_err(io(path))?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+            break;
+        };
+        rest.push(name.to_owned());
+        existing = parent;
+    }
+    let mut resolved = fs::canonicalize(existing).map_err(io(existing))?;
+    resolved.extend(rest.iter().rev());
+    Ok(resolved)
+}
+
+fn write_merged(base: &Path, adapter: &Adapter, out: &Path) -> Result<MergeReport> {
     let mut report = MergeReport::default();
     let mut used = BTreeSet::new();
     let mut entries: Vec<PathBuf> = fs::read_dir(base)
@@ -62,11 +111,8 @@ pub fn merge(base: &Path, adapter: &Adapter, out: &Path) -> Result<MergeReport> 
         let target = out.join(name);
         if path.extension().is_some_and(|e| e == "safetensors") {
             merge_shard(&path, &target, adapter, &mut used, &mut report)?;
-        } else if path.is_file() {
-            fs::copy(&path, &target).map_err(io(&target))?;
         } else {
-            // Sub-folders (a SigLIP config folder) are copied one level deep.
-            copy_dir(&path, &target)?;
+            copy_all(&path, &target)?;
         }
         report.files.push(target);
     }
@@ -84,18 +130,17 @@ pub fn merge(base: &Path, adapter: &Adapter, out: &Path) -> Result<MergeReport> 
     Ok(report)
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
-    };
+/// A file, or a folder with everything in it (a SigLIP config sub-folder, remote code).
+fn copy_all(from: &Path, to: &Path) -> Result<()> {
+    if from.is_file() {
+        fs::copy(from, to).map_err(io(to))?;
+        return Ok(());
+    }
     fs::create_dir_all(to).map_err(io(to))?;
     for entry in fs::read_dir(from).map_err(io(from))? {
         let path = entry.map_err(io(from))?.path();
-        if path.is_file() {
-            if let Some(name) = path.file_name() {
-                fs::copy(&path, to.join(name)).map_err(io(&path))?;
-            }
+        if let Some(name) = path.file_name() {
+            copy_all(&path, &to.join(name))?;
         }
     }
     Ok(())

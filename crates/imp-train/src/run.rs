@@ -136,6 +136,7 @@ const TRAINABLES_FILE: &str = "trainables.safetensors";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const STATE_FILE: &str = "state.json";
 pub const LOG_FILE: &str = "log.jsonl";
+pub const PLOT_FILE: &str = "loss.svg";
 pub const ADAPTER_DIR: &str = "adapter";
 pub const PROJECTOR_FILE: &str = "mm_projector.safetensors";
 
@@ -407,72 +408,15 @@ pub fn step_plan(
     steps
 }
 
-/// Trains as `options` say, reporting through `on_event`; returns the path of the outputs.
-pub fn train(options: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<PathBuf> {
-    check_options(options)?;
-    let resume_from = prepare_run_dir(options)?;
-    let run = TrainModel::load(options)?;
-    let template = run.template(options.stage);
-    let samples = data::read(&options.data)?;
-    if samples.is_empty() {
-        return Err(data_error(&options.data, "holds no samples"));
-    }
-    let mut report = DataReport {
-        samples: samples.len(),
-        ..DataReport::default()
-    };
-    let mut encoded = Vec::with_capacity(samples.len());
-    let image_rows = run.model.image_tokens();
-    let mut total_tokens = 0;
-    for (index, sample) in samples.iter().enumerate() {
-        if options.stage == Stage::Projector && !sample.has_image() {
-            return Err(data_error(
-                &options.data,
-                format!(
-                    "sample {index} (id {:?}) has no image; stage 1 trains on image captions",
-                    sample.id
-                ),
-            ));
-        }
-        let enc = run.encode(template, sample, options.max_len)?;
-        if enc.mismatch {
-            if options.strict_masks {
-                return Err(data_error(
-                    &options.data,
-                    format!(
-                        "sample {index} (id {:?}): tokenization mismatch in the {template} \
-                         template; the reference would train on it with every label masked",
-                        sample.id
-                    ),
-                ));
-            }
-            report.mismatched += 1;
-        }
-        let tokens = enc.input_ids.len()
-            + if sample.has_image() {
-                image_rows - 1
-            } else {
-                0
-            };
-        let labels = crate::loss::spliced_labels(
-            &enc.input_ids,
-            &enc.labels,
-            run.model.image_token_id(),
-            image_rows,
-            options.max_len,
-        );
-        if !enc.mismatch && crate::loss::loss_targets(&labels).0.is_empty() {
-            report.without_loss += 1;
-        }
-        report.image_samples += usize::from(sample.has_image());
-        report.max_tokens = report.max_tokens.max(tokens);
-        total_tokens += tokens;
-        encoded.push(enc);
-    }
-    report.mean_tokens = total_tokens as f64 / samples.len() as f64;
+/// The run's steps (`--max-steps` applied), with their counts and warmup in `report`.
+fn planned_steps(
+    options: &TrainOptions,
+    samples: usize,
+    report: &mut DataReport,
+) -> Vec<Vec<Vec<usize>>> {
     let accumulation = options.global_batch / options.micro_batch;
     let mut plan = step_plan(
-        samples.len(),
+        samples,
         options.epochs,
         options.micro_batch,
         accumulation,
@@ -482,10 +426,31 @@ pub fn train(options: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<
     if let Some(max) = options.max_steps {
         plan.truncate(max);
     }
-    let total = plan.len();
-    report.total_steps = total;
-    report.warmup_steps = warmup_steps(total, options.warmup_ratio);
+    report.total_steps = plan.len();
+    report.warmup_steps = warmup_steps(plan.len(), options.warmup_ratio);
+    plan
+}
 
+/// Trains as `options` say, reporting through `on_event`; returns the path of the outputs.
+pub fn train(options: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<PathBuf> {
+    check_options(options)?;
+    let resume_from = prepare_run_dir(options)?;
+    let run = TrainModel::load(options)?;
+    let template = run.template(options.stage);
+    let samples = data::read(&options.data)?;
+    let (encoded, mut report) = encode_samples(
+        options,
+        &samples,
+        template,
+        &Vocabulary {
+            tokenizer: run.model.tokenizer(),
+            image_token: run.model.image_token_id(),
+            bos: run.model.bos_token_id(),
+            image_rows: run.model.image_tokens(),
+        },
+    )?;
+    let plan = planned_steps(options, samples.len(), &mut report);
+    let total = plan.len();
     let mut optimizer = run.optimizer(options.lr, options.projector_lr, options.weight_decay)?;
     let mut start = 0;
     let mut skipped_images = 0;
@@ -601,9 +566,106 @@ pub fn train(options: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<
         let dir = save_checkpoint(options, &run, &optimizer, total, skipped_images)?;
         on_event(Event::Saved(dir));
     }
+    write_loss_plot(&options.out)?;
     let outputs = run.save_outputs(options)?;
     on_event(Event::Saved(outputs.clone()));
     Ok(outputs)
+}
+
+/// What encoding needs of the model: its tokenizer and special ids.
+pub struct Vocabulary<'a> {
+    pub tokenizer: &'a imp::tokenizer::ImpTokenizer,
+    pub image_token: u32,
+    pub bos: Option<u32>,
+    /// Rows an image takes in the spliced sequence.
+    pub image_rows: usize,
+}
+
+/// Ids and labels of every sample, and what the run will see of them; a sample the stage
+/// cannot use, or (with `strict_masks`) one the reference would drop, is an error naming it.
+pub fn encode_samples(
+    options: &TrainOptions,
+    samples: &[Sample],
+    template: Template,
+    vocabulary: &Vocabulary,
+) -> Result<(Vec<Encoded>, DataReport)> {
+    if samples.is_empty() {
+        return Err(data_error(&options.data, "holds no samples"));
+    }
+    let mut report = DataReport {
+        samples: samples.len(),
+        ..DataReport::default()
+    };
+    let mut encoded = Vec::with_capacity(samples.len());
+    let image_rows = vocabulary.image_rows;
+    let mut total_tokens = 0;
+    for (index, sample) in samples.iter().enumerate() {
+        if options.stage == Stage::Projector && !sample.has_image() {
+            return Err(data_error(
+                &options.data,
+                format!(
+                    "sample {index} (id {:?}) has no image; stage 1 trains on image captions",
+                    sample.id
+                ),
+            ));
+        }
+        let enc = encode_with_limit(
+            template,
+            vocabulary.tokenizer,
+            sample,
+            vocabulary.image_token,
+            vocabulary.bos,
+            Some(options.max_len),
+        )?;
+        if enc.mismatch {
+            if options.strict_masks {
+                return Err(data_error(
+                    &options.data,
+                    format!(
+                        "sample {index} (id {:?}): tokenization mismatch in the {template} \
+                         template; the reference would train on it with every label masked",
+                        sample.id
+                    ),
+                ));
+            }
+            report.mismatched += 1;
+        }
+        let tokens = enc.input_ids.len()
+            + if sample.has_image() {
+                image_rows - 1
+            } else {
+                0
+            };
+        let labels = crate::loss::spliced_labels(
+            &enc.input_ids,
+            &enc.labels,
+            vocabulary.image_token,
+            image_rows,
+            options.max_len,
+        );
+        if !enc.mismatch && crate::loss::loss_targets(&labels).0.is_empty() {
+            report.without_loss += 1;
+        }
+        report.image_samples += usize::from(sample.has_image());
+        report.max_tokens = report.max_tokens.max(tokens.min(options.max_len));
+        total_tokens += tokens.min(options.max_len);
+        encoded.push(enc);
+    }
+    report.mean_tokens = total_tokens as f64 / samples.len() as f64;
+    Ok((encoded, report))
+}
+
+/// `loss.svg` from every step `log.jsonl` holds, resumed runs' included.
+fn write_loss_plot(out: &Path) -> Result<()> {
+    let log_path = out.join(LOG_FILE);
+    let text = fs::read_to_string(&log_path).map_err(|e| io_error(&log_path, e))?;
+    let losses: Vec<f64> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<StepLog>(line).ok())
+        .map(|entry| entry.loss)
+        .collect();
+    let path = out.join(PLOT_FILE);
+    fs::write(&path, crate::plot::loss_svg(&losses)).map_err(|e| io_error(&path, e))
 }
 
 fn check_options(options: &TrainOptions) -> Result<()> {
@@ -758,4 +820,54 @@ fn restore_checkpoint(
     run.trainables.restore(&load(TRAINABLES_FILE)?)?;
     optimizer.restore(state.step as u64, &load(OPTIMIZER_FILE)?)?;
     Ok(state)
+}
+
+/// What `--dry-run` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct DryRun {
+    pub data: DataReport,
+    /// For the longest sample, and for 1024 and 2048 tokens.
+    pub memory: Vec<crate::memory::MemoryEstimate>,
+}
+
+/// Reads and encodes the data and sizes the run from the checkpoint's shapes, without loading
+/// any weight.
+pub fn dry_run(options: &TrainOptions) -> Result<DryRun> {
+    check_options(options)?;
+    let source = checkpoint::open(&options.model)?;
+    let config = ImpConfig::load(&source.config_files()?, source.as_ref())?;
+    let mut tokenizer = source.tokenizer()?;
+    let special = imp::template::SpecialTokens::add_to(&mut tokenizer, &config)?;
+    let template = match options.stage {
+        Stage::Projector => Template::Plain,
+        Stage::Lora => Template::for_family(config.decoder.family),
+    };
+    let samples = data::read(&options.data)?;
+    let vocabulary = Vocabulary {
+        tokenizer: &tokenizer,
+        image_token: special.image,
+        bos: special.bos,
+        image_rows: config.vision.grid_size().pow(2),
+    };
+    let (encoded, mut report) = encode_samples(options, &samples, template, &vocabulary)?;
+    planned_steps(options, samples.len(), &mut report);
+    let most_labels = encoded.iter().map(Encoded::loss_tokens).max().unwrap_or(0);
+    let lora = (options.stage == Stage::Lora).then_some(&options.lora);
+    let memory = [report.max_tokens, 1024, 2048]
+        .into_iter()
+        .map(|tokens| {
+            crate::memory::estimate(
+                source.as_ref(),
+                &config,
+                lora,
+                options.dtype,
+                tokens,
+                most_labels.min(tokens),
+            )
+        })
+        .collect::<Result<_>>()?;
+    Ok(DryRun {
+        data: report,
+        memory,
+    })
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::{DType, Device, Tensor, Var};
 use imp::adapter::{lora_key, Adapter, AdapterConfig, LoraPair};
 use imp::checkpoint::TensorSource;
-use imp::names::NamingStyle;
+use imp::names::{NamingStyle, TensorShapes};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -71,6 +71,62 @@ pub fn language_model_linears(style: NamingStyle, layers: usize) -> Vec<String> 
     names
 }
 
+/// A module that takes LoRA: its name (the stored weight's without `.weight`) and shape.
+pub struct LoraModule {
+    pub name: String,
+    pub out: usize,
+    pub fan_in: usize,
+}
+
+/// The modules `spec` selects, in layer order; a target naming no layer is an error.
+pub fn lora_modules(
+    shapes: &dyn TensorShapes,
+    style: NamingStyle,
+    layers: usize,
+    spec: &LoraSpec,
+) -> Result<Vec<LoraModule>> {
+    let lm_head: Vec<String> = style
+        .decoder()
+        .lm_head
+        .weight
+        .names()
+        .into_iter()
+        .map(|n| n.trim_end_matches(".weight").to_owned())
+        .collect();
+    let mut modules = Vec::new();
+    let mut leaves = Vec::new();
+    for name in language_model_linears(style, layers) {
+        let module = name.trim_end_matches(".weight").to_owned();
+        let wanted = if lm_head.contains(&module) {
+            spec.lm_head
+        } else {
+            spec.targets.is_empty() || spec.targets.iter().any(|t| t == leaf(&module))
+        };
+        if !wanted {
+            continue;
+        }
+        let shape = shapes.shape(&name)?;
+        let [out, fan_in] = shape[..] else {
+            return Err(Error::InvalidArgument(format!("`{name}` is not a matrix")));
+        };
+        leaves.push(leaf(&module).to_owned());
+        modules.push(LoraModule {
+            name: module,
+            out,
+            fan_in,
+        });
+    }
+    if let Some(missing) = spec.targets.iter().find(|t| !leaves.contains(t)) {
+        return Err(Error::InvalidArgument(format!(
+            "LoRA target `{missing}` names no linear layer of this {} language model \
+             (its layers: {})",
+            style.label(),
+            leaf_names(style, layers).join(", ")
+        )));
+    }
+    Ok(modules)
+}
+
 fn leaf(module: &str) -> &str {
     module.rsplit('.').next().unwrap_or(module)
 }
@@ -95,50 +151,21 @@ impl Trainables {
         let Some(spec) = spec else {
             return Ok(trainables);
         };
-        let lm_head: Vec<String> = style
-            .decoder()
-            .lm_head
-            .weight
-            .names()
-            .into_iter()
-            .map(|n| n.trim_end_matches(".weight").to_owned())
-            .collect();
+        let modules = lora_modules(source, style, layers, spec)?;
         let mut rng = StdRng::seed_from_u64(seed);
         let mut selected_leaves = Vec::new();
-        for name in language_model_linears(style, layers) {
-            let module = name.trim_end_matches(".weight").to_owned();
-            let is_head = lm_head.contains(&module);
-            let wanted = if is_head {
-                spec.lm_head
-            } else {
-                spec.targets.is_empty() || spec.targets.iter().any(|t| t == leaf(&module))
-            };
-            if !wanted {
-                continue;
-            }
-            let shape = source.shape(&name)?;
-            let [out, fan_in] = shape[..] else {
-                return Err(Error::InvalidArgument(format!("`{name}` is not a matrix")));
-            };
+        for LoraModule { name, out, fan_in } in modules {
             let bound = 1.0 / (fan_in as f64).sqrt();
             let a: Vec<f32> = (0..spec.r * fan_in)
                 .map(|_| rng.random_range(-bound..bound) as f32)
                 .collect();
             let a = Tensor::from_vec(a, (spec.r, fan_in), device)?;
             let b = Tensor::zeros((out, spec.r), DType::F32, device)?;
-            trainables.add_lora(&module, a, b)?;
-            let leaf = leaf(&module).to_owned();
+            trainables.add_lora(&name, a, b)?;
+            let leaf = leaf(&name).to_owned();
             if !selected_leaves.contains(&leaf) {
                 selected_leaves.push(leaf);
             }
-        }
-        if let Some(missing) = spec.targets.iter().find(|t| !selected_leaves.contains(t)) {
-            return Err(Error::InvalidArgument(format!(
-                "LoRA target `{missing}` names no linear layer of this {} language model \
-                 (its layers: {})",
-                style.label(),
-                leaf_names(style, layers).join(", ")
-            )));
         }
         trainables.lora_config = Some(AdapterConfig {
             r: spec.r,

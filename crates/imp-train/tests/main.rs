@@ -2,6 +2,7 @@
 
 mod data;
 mod masks;
+mod merge;
 mod run;
 mod schedule;
 mod support;

@@ -208,3 +208,45 @@ fn bad_setups_are_refused_with_a_clear_message() {
         "an occupied folder is left as it was"
     );
 }
+
+#[test]
+fn stage_one_trains_the_projector_that_stage_two_starts_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stage1 = one_question(dir.path());
+    stage1.stage = Stage::Projector;
+    stage1.out = dir.path().join("stage1");
+    stage1.epochs = 5;
+    let mut losses = Vec::new();
+    let projector = run::train(&stage1, &mut |event| {
+        if let run::Event::Step(log) = event {
+            losses.push(log.loss);
+        }
+    })
+    .unwrap();
+    assert_eq!(projector, stage1.out.join(run::PROJECTOR_FILE));
+    assert!(losses.last().unwrap() < &losses[0], "loss {losses:?}");
+    let trained = candle_core::safetensors::load(&projector, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(
+        trained.len(),
+        4,
+        "both projector layers' weights and biases"
+    );
+
+    let mut stage2 = one_question(dir.path());
+    stage2.out = dir.path().join("stage2");
+    stage2.init_projector = Some(projector);
+    stage2.max_steps = Some(1);
+    stage2.lr = 0.0;
+    stage2.projector_lr = 0.0;
+    let adapter = run::train(&stage2, &mut |_| {}).unwrap();
+    // At lr 0 the projector the adapter saves is the one stage 1 trained.
+    let saved = Adapter::load(&adapter, &candle_core::Device::Cpu).unwrap();
+    for (name, tensor) in &trained {
+        let saved = saved
+            .replacement(name)
+            .expect("projector in non_lora_trainables");
+        let a: Vec<f32> = tensor.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = saved.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a, b, "{name}");
+    }
+}

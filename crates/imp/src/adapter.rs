@@ -1,4 +1,4 @@
-//! LoRA adapters in PEFT's file format, applied unmerged at load ([`crate::LoadOptions::adapter`]).
+//! LoRA adapters in PEFT's file format, applied unmerged when a model is loaded with one.
 //!
 //! A folder holds `adapter_config.json` and `adapter_model.safetensors` (or PEFT 0.4's
 //! `adapter_model.bin`), keyed `base_model.model.<module>.lora_{A,B}.weight` where `<module>`

@@ -1,0 +1,79 @@
+//! What a run will need in memory, before anything is loaded: the frozen weights, the
+//! trainables with their gradients and AdamW moments, and the activations the autograd graph
+//! keeps for one sample (samples go through one at a time, so the micro-batch size does not
+//! change it).
+//!
+//! The activation figure counts the tensors this implementation's graph holds per decoder
+//! layer: about 24 hidden-sized rows per token (inputs of every linear and LoRA, the f32 norm
+//! intermediates, residuals, rotary pieces), 4 MLP-sized rows, and 6 f32 `[heads, L, L]`
+//! attention tensors (q·kᵀ, scaled, masked, and the composed softmax's exp, sum and quotient),
+//! plus lm_head's f32 logits and log-softmax at the label positions. It is an estimate from
+//! the graph's shape, not a measurement.
+
+use candle_core::DType;
+use imp::config::ImpConfig;
+use imp::names::TensorShapes;
+use serde::Serialize;
+
+use crate::trainable::{lora_modules, LoraSpec};
+use crate::Result;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryEstimate {
+    pub tokens: usize,
+    pub frozen_bytes: usize,
+    pub trainable_parameters: usize,
+    /// Values, gradients, accumulated gradients and two AdamW moments, all f32.
+    pub trainable_bytes: usize,
+    pub activation_bytes: usize,
+}
+
+impl MemoryEstimate {
+    pub fn total_bytes(&self) -> usize {
+        self.frozen_bytes + self.trainable_bytes + self.activation_bytes
+    }
+}
+
+/// For a run on `shapes`' model in `dtype` whose longest sample has `tokens` rows (of which
+/// `label_tokens` take a loss), training `lora` (none in stage 1) and the projector.
+pub fn estimate(
+    shapes: &dyn TensorShapes,
+    config: &ImpConfig,
+    lora: Option<&LoraSpec>,
+    dtype: DType,
+    tokens: usize,
+    label_tokens: usize,
+) -> Result<MemoryEstimate> {
+    let mut stored = 0;
+    let mut projector = 0;
+    let projector_prefix = config.style.projector_prefix();
+    for name in shapes.tensor_names() {
+        let count: usize = shapes.shape(name)?.iter().product();
+        if name.starts_with(&projector_prefix) {
+            projector += count;
+        } else {
+            stored += count;
+        }
+    }
+    let lora_parameters: usize = match lora {
+        Some(spec) => lora_modules(shapes, config.style, config.decoder.num_layers, spec)?
+            .iter()
+            .map(|m| spec.r * (m.out + m.fan_in))
+            .sum(),
+        None => 0,
+    };
+    let trainable = lora_parameters + projector;
+    let size = dtype.size_in_bytes();
+    let d = &config.decoder;
+    let (l, h) = (tokens, d.hidden_size);
+    let per_layer =
+        24 * l * h * size + 4 * l * d.intermediate_size * size + 6 * d.num_heads * l * l * 4;
+    let lm_head = 3 * label_tokens * d.vocab_size * 4;
+    Ok(MemoryEstimate {
+        tokens,
+        frozen_bytes: stored * size,
+        trainable_parameters: trainable,
+        trainable_bytes: 5 * trainable * 4,
+        activation_bytes: d.num_layers * per_layer + lm_head,
+    })
+}
