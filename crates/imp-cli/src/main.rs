@@ -49,7 +49,7 @@ enum Command {
     /// Measure the speed of every stage of an image question, and the memory bandwidth.
     Bench(bench::BenchArgs),
     /// Fine-tune: the Imp recipe's projector pre-training (stage 1) or LoRA (stage 2).
-    Train(train::TrainCommand),
+    Train(Box<train::TrainCommand>),
     /// Run the paper's benchmarks, score them by their official rules, compare runs.
     Eval {
         #[command(subcommand)]
@@ -182,7 +182,7 @@ fn main() -> ExitCode {
             .and_then(|runtime| runtime.block_on(imp_server::serve(config))),
         Command::Quantize(args) => quantize::quantize(args),
         Command::QuantReport(args) => quantize::report(args),
-        Command::Train(command) => train::run(command),
+        Command::Train(command) => train::run(*command),
         Command::Eval { command } => eval::run(command),
         Command::Bench(args) => bench::run(args),
     };

@@ -6,8 +6,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Subcommand, ValueEnum};
 use imp::adapter::Adapter;
+use imp::config::AspectMode;
 use imp_train::run::{self, Event, Resume, Stage, TrainOptions};
 use imp_train::schedule::Scheduler;
+use imp_train::step::Recompute;
 use imp_train::trainable::LoraSpec;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -24,8 +26,21 @@ pub struct TrainCommand {
 
 #[derive(Subcommand)]
 enum TrainSubcommand {
-    /// Fold an adapter into a copy of its base model, in the base's own layout.
+    /// Fold an adapter into a copy of its base model, in the base's own layout. Also takes the
+    /// reference's output folder (`adapter_model.bin`, `non_lora_trainables.bin`).
+    #[command(visible_alias = "import")]
     Merge(MergeArgs),
+    /// Write this run's data and the MILVLG/imp DeepSpeed command line that trains it.
+    ExportReference(Box<ExportArgs>),
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    train: TrainArgs,
+    /// GPUs the reference run uses (global batch = micro-batch x accumulation x GPUs).
+    #[arg(long, default_value_t = 8)]
+    gpus: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -41,6 +56,20 @@ enum Recipe {
 enum StageArg {
     Projector,
     Lora,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AspectArg {
+    /// Resize straight to the square (the stage-2 script's `--image_aspect_ratio square`).
+    Square,
+    /// Centre on a grey square first.
+    Pad,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RecomputeArg {
+    None,
+    Layer,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -112,6 +141,9 @@ struct TrainArgs {
     scheduler: SchedulerArg,
     #[arg(long, default_value_t = 3072)]
     max_len: usize,
+    /// How images are made square (default: the model config's `image_aspect_ratio`).
+    #[arg(long, value_enum)]
+    aspect: Option<AspectArg>,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     #[arg(long, value_enum, default_value = "f32")]
@@ -128,6 +160,14 @@ struct TrainArgs {
     /// Fail on a sample the reference would silently drop for a tokenization mismatch.
     #[arg(long)]
     strict_masks: bool,
+    /// Each step only image or only text samples, longest first, as the reference's stage 2
+    /// (on by default with the imp-stage2 recipe; `--group-by-modality false` turns it off).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    group_by_modality: Option<bool>,
+    /// `layer`: keep one decoder layer's activations at a time and run each layer twice, for
+    /// long sequences on small memory (LoRA dropout masks then differ between the passes).
+    #[arg(long, value_enum, default_value = "none")]
+    recompute: RecomputeArg,
     /// Encode the data and print token statistics, dropped samples, the step count and the
     /// memory the run needs, without loading weights or training.
     #[arg(long)]
@@ -150,6 +190,15 @@ struct MergeArgs {
 pub fn run(command: TrainCommand) -> Result<()> {
     match command.command {
         Some(TrainSubcommand::Merge(args)) => merge(args),
+        Some(TrainSubcommand::ExportReference(args)) => {
+            let ExportArgs { train, gpus } = *args;
+            let options = options(train)?;
+            let out = options.out.clone();
+            for path in imp_train::export::export_reference(&options, gpus, &out)? {
+                eprintln!("wrote {}", path.display());
+            }
+            Ok(())
+        }
         None => train(command.args),
     }
 }
@@ -233,12 +282,21 @@ fn options(args: TrainArgs) -> Result<TrainOptions> {
             SchedulerArg::Constant => Scheduler::Constant,
         },
         max_len: args.max_len,
+        aspect: args.aspect.map(|a| match a {
+            AspectArg::Square => AspectMode::Squash,
+            AspectArg::Pad => AspectMode::Pad,
+        }),
         seed: args.seed,
         dtype: args.dtype.into(),
         device: device(&args.device)?,
         save_every: args.save_every,
         resume,
         strict_masks: args.strict_masks,
+        group_by_modality: args.group_by_modality.unwrap_or(!stage1),
+        recompute: match args.recompute {
+            RecomputeArg::None => Recompute::None,
+            RecomputeArg::Layer => Recompute::Layer,
+        },
     })
 }
 
@@ -261,8 +319,10 @@ fn dry_run(options: &TrainOptions) -> Result<()> {
     );
     let gb = |bytes: usize| bytes as f64 / 1e9;
     println!(
-        "memory estimate at {:?}, one sample in flight ({:.1} M trainable parameters):",
+        "memory estimate at {:?}, recompute {:?}, one sample in flight ({:.1} M trainable \
+         parameters):",
         options.dtype,
+        options.recompute,
         report.memory[0].trainable_parameters as f64 / 1e6
     );
     println!("| tokens | frozen weights | trainables + AdamW | activations | total | fits 24 / 40 / 80 GB |");

@@ -7,12 +7,14 @@
 
 pub mod data;
 mod error;
+pub mod export;
 pub mod loss;
 pub mod memory;
 pub mod merge;
 pub mod optim;
 pub mod plot;
 pub mod run;
+pub mod sampler;
 pub mod schedule;
 pub mod step;
 pub mod template;

@@ -51,13 +51,31 @@ pub fn loss_targets(labels: &[i64]) -> (Vec<u32>, Vec<u32>) {
         .unzip()
 }
 
-/// The summed token cross-entropy of one example (a scalar that tracks gradients) and the
-/// number of tokens it sums; `None` when no label counts.
-pub fn example_loss(
-    model: &ImpModel,
-    example: &Example,
-    max_len: usize,
-) -> Result<Option<(Tensor, usize)>> {
+/// An example spliced and ready for the decoder, with the rows that take a loss.
+pub struct Prepared {
+    /// `[tokens, hidden]`, tracking gradients into the projector.
+    pub embeds: Tensor,
+    positions: Tensor,
+    targets: Tensor,
+    /// Label tokens.
+    pub tokens: usize,
+}
+
+/// The label tokens `example` contributes, known without running the model.
+pub fn loss_tokens(model: &ImpModel, example: &Example, max_len: usize) -> usize {
+    let labels = spliced_labels(
+        &example.ids,
+        &example.labels,
+        model.image_token_id(),
+        model.image_tokens(),
+        max_len,
+    );
+    loss_targets(&labels).0.len()
+}
+
+/// Runs the image through the (frozen) vision tower and the projector and splices it in;
+/// `None` when no label counts.
+pub fn prepare(model: &ImpModel, example: &Example, max_len: usize) -> Result<Option<Prepared>> {
     let labels = spliced_labels(
         &example.ids,
         &example.labels,
@@ -75,12 +93,30 @@ pub fn example_loss(
     };
     let embeds = model.splice(&example.ids, &images)?;
     let embeds = embeds.narrow(0, 0, embeds.dim(0)?.min(max_len))?;
-    let hidden = model.decoder().forward_sequence(&embeds)?;
-    let device = hidden.device();
-    let rows = hidden.index_select(&Tensor::new(positions.as_slice(), device)?, 0)?;
-    let logits = model.decoder().logits(&rows)?.to_dtype(DType::F32)?;
+    let limit = model.config().max_context;
+    if embeds.dim(0)? > limit {
+        return Err(imp::Error::ContextOverflow {
+            needed: embeds.dim(0)?,
+            limit,
+        }
+        .into());
+    }
+    let device = embeds.device();
+    Ok(Some(Prepared {
+        tokens: positions.len(),
+        positions: Tensor::new(positions.as_slice(), device)?,
+        targets: Tensor::new(targets.as_slice(), device)?.unsqueeze(1)?,
+        embeds,
+    }))
+}
+
+/// The summed token cross-entropy from the decoder's last hidden states (before the final
+/// norm), a scalar that tracks gradients.
+pub fn head_loss(model: &ImpModel, last_hidden: &Tensor, prepared: &Prepared) -> Result<Tensor> {
+    let decoder = model.decoder();
+    let hidden = decoder.final_norm(last_hidden)?;
+    let rows = hidden.index_select(&prepared.positions, 0)?;
+    let logits = decoder.logits(&rows)?.to_dtype(DType::F32)?;
     let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let targets = Tensor::new(targets.as_slice(), device)?.unsqueeze(1)?;
-    let picked = log_probs.gather(&targets, 1)?;
-    Ok(Some((picked.sum_all()?.neg()?, positions.len())))
+    Ok(log_probs.gather(&prepared.targets, 1)?.sum_all()?.neg()?)
 }

@@ -8,13 +8,15 @@
 //! intermediates, residuals, rotary pieces), 4 MLP-sized rows, and 6 f32 `[heads, L, L]`
 //! attention tensors (q·kᵀ, scaled, masked, and the composed softmax's exp, sum and quotient),
 //! plus lm_head's f32 logits and log-softmax at the label positions. It is an estimate from
-//! the graph's shape, not a measurement.
+//! the graph's shape, not a measurement. With layer-wise recomputation the graph holds every
+//! layer's input and one layer's tensors at a time.
 
 use candle_core::DType;
 use imp::config::ImpConfig;
 use imp::names::TensorShapes;
 use serde::Serialize;
 
+use crate::step::Recompute;
 use crate::trainable::{lora_modules, LoraSpec};
 use crate::Result;
 
@@ -34,7 +36,8 @@ impl MemoryEstimate {
     }
 }
 
-/// For a run on `shapes`' model in `dtype` whose longest sample has `tokens` rows (of which
+/// For a run on `shapes`' model (with `recompute`, the activations are every layer's input plus
+/// one layer's graph) in `dtype` whose longest sample has `tokens` rows (of which
 /// `label_tokens` take a loss), training `lora` (none in stage 1) and the projector.
 pub fn estimate(
     shapes: &dyn TensorShapes,
@@ -43,6 +46,7 @@ pub fn estimate(
     dtype: DType,
     tokens: usize,
     label_tokens: usize,
+    recompute: Recompute,
 ) -> Result<MemoryEstimate> {
     let mut stored = 0;
     let mut projector = 0;
@@ -74,6 +78,9 @@ pub fn estimate(
         frozen_bytes: stored * size,
         trainable_parameters: trainable,
         trainable_bytes: 5 * trainable * 4,
-        activation_bytes: d.num_layers * per_layer + lm_head,
+        activation_bytes: match recompute {
+            Recompute::None => d.num_layers * per_layer,
+            Recompute::Layer => (d.num_layers + 1) * l * h * size + per_layer,
+        } + lm_head,
     })
 }

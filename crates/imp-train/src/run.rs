@@ -15,9 +15,6 @@ use imp::checkpoint;
 use imp::config::ImpConfig;
 use imp::names::{NamingStyle, Source};
 use imp::{ImpModel, LoadOptions};
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{self, Sample};
@@ -64,6 +61,8 @@ pub struct TrainOptions {
     pub scheduler: Scheduler,
     /// Longest spliced sequence; longer ones are cut, as the reference cuts them.
     pub max_len: usize,
+    /// How images are made square; `None`: the config's `image_aspect_ratio`.
+    pub aspect: Option<imp::config::AspectMode>,
     pub seed: u64,
     pub dtype: DType,
     pub device: Device,
@@ -72,6 +71,9 @@ pub struct TrainOptions {
     pub resume: Option<Resume>,
     /// Fail on a sample the reference would silently drop for a tokenization mismatch.
     pub strict_masks: bool,
+    /// Each step only image or only text samples, longest first (the reference's stage 2).
+    pub group_by_modality: bool,
+    pub recompute: crate::step::Recompute,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,6 +206,7 @@ impl TrainModel {
             dtype: options.dtype,
             device: device.clone(),
             adapter: Some(Arc::new(trainables.adapter(dropout)?)),
+            aspect: options.aspect,
             ..LoadOptions::default()
         };
         let model = ImpModel::from_source(source.as_ref(), &load)?;
@@ -388,35 +391,22 @@ fn data_error(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
-/// The samples of each step, in order: every epoch shuffled from the seed, cut into
-/// micro-batches, `accumulation` micro-batches per step (the last step of an epoch takes what
-/// is left).
-pub fn step_plan(
-    samples: usize,
-    epochs: usize,
-    micro_batch: usize,
-    accumulation: usize,
-    seed: u64,
-) -> Vec<Vec<Vec<usize>>> {
-    let mut steps = Vec::new();
-    for epoch in 0..epochs {
-        let mut order: Vec<usize> = (0..samples).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(seed.wrapping_add(epoch as u64)));
-        let micro: Vec<Vec<usize>> = order.chunks(micro_batch).map(<[usize]>::to_vec).collect();
-        steps.extend(micro.chunks(accumulation).map(<[Vec<usize>]>::to_vec));
-    }
-    steps
-}
-
 /// The run's steps (`--max-steps` applied), with their counts and warmup in `report`.
 fn planned_steps(
     options: &TrainOptions,
-    samples: usize,
+    samples: &[Sample],
     report: &mut DataReport,
 ) -> Vec<Vec<Vec<usize>>> {
     let accumulation = options.global_batch / options.micro_batch;
-    let mut plan = step_plan(
-        samples,
+    let lengths: Option<Vec<i64>> = options.group_by_modality.then(|| {
+        samples
+            .iter()
+            .map(crate::sampler::modality_length)
+            .collect()
+    });
+    let mut plan = crate::sampler::step_plan(
+        samples.len(),
+        lengths.as_deref(),
         options.epochs,
         options.micro_batch,
         accumulation,
@@ -449,7 +439,7 @@ pub fn train(options: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<
             image_rows: run.model.image_tokens(),
         },
     )?;
-    let plan = planned_steps(options, samples.len(), &mut report);
+    let plan = planned_steps(options, &samples, &mut report);
     let total = plan.len();
     let mut optimizer = run.optimizer(options.lr, options.projector_lr, options.weight_decay)?;
     let mut start = 0;
@@ -515,8 +505,13 @@ pub fn train(options: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<
             let multiplier = options
                 .scheduler
                 .multiplier(step, report.warmup_steps, total);
-            let mut gradients =
-                accumulate(&run.model, &run.trainables, &micro_batches, options.max_len)?;
+            let mut gradients = accumulate(
+                &run.model,
+                &run.trainables,
+                &micro_batches,
+                options.max_len,
+                options.recompute,
+            )?;
             let (grad_norm, factor) = clip_factor(&gradients.grads, options.max_grad_norm)?;
             if !grad_norm.is_finite() || !gradients.loss.is_finite() {
                 return Err(Error::InvalidArgument(format!(
@@ -850,7 +845,7 @@ pub fn dry_run(options: &TrainOptions) -> Result<DryRun> {
         image_rows: config.vision.grid_size().pow(2),
     };
     let (encoded, mut report) = encode_samples(options, &samples, template, &vocabulary)?;
-    planned_steps(options, samples.len(), &mut report);
+    planned_steps(options, &samples, &mut report);
     let most_labels = encoded.iter().map(Encoded::loss_tokens).max().unwrap_or(0);
     let lora = (options.stage == Stage::Lora).then_some(&options.lora);
     let memory = [report.max_tokens, 1024, 2048]
@@ -863,6 +858,7 @@ pub fn dry_run(options: &TrainOptions) -> Result<DryRun> {
                 options.dtype,
                 tokens,
                 most_labels.min(tokens),
+                options.recompute,
             )
         })
         .collect::<Result<_>>()?;

@@ -1,17 +1,32 @@
 //! One optimizer step's gradients: micro-batches accumulated as the reference does (each
 //! micro-batch's loss is the mean over its label tokens; the step's gradient is the mean over
-//! its micro-batches). Samples go through the model one at a time, so memory holds one
-//! sample's activations whatever the micro-batch size, with the same loss and gradients as
-//! the padded batch.
+//! its micro-batches). Samples go through the model one at a time, each backward pass done
+//! before the next sample starts, so memory holds one sample's activations whatever the
+//! micro-batch size, with the same loss and gradients as the padded batch.
+//!
+//! With [`Recompute::Layer`] even one sample's graph is not kept whole: the forward pass keeps
+//! only each decoder layer's input, and the backward pass runs the layers again one at a time,
+//! last first, handing each the gradient of its output (the vector-Jacobian product through
+//! the surrogate `sum(output · gradient)`).
 
 use std::collections::HashMap;
 
-use candle_core::Tensor;
+use candle_core::{backprop::GradStore, Tensor, Var};
 use imp::ImpModel;
 
-use crate::loss::{example_loss, Example};
+use crate::loss::{head_loss, loss_tokens, prepare, Example, Prepared};
 use crate::trainable::Trainables;
-use crate::Result;
+use crate::{Error, Result};
+
+/// How much of the autograd graph a sample keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Recompute {
+    /// The whole graph: fastest, activations of every layer at once.
+    #[default]
+    None,
+    /// One layer's graph at a time: each layer runs twice.
+    Layer,
+}
 
 /// What one step computed.
 #[derive(Debug)]
@@ -31,48 +46,29 @@ pub fn accumulate(
     trainables: &Trainables,
     micro_batches: &[Vec<Example>],
     max_len: usize,
+    recompute: Recompute,
 ) -> Result<Gradients> {
+    let counts: Vec<usize> = micro_batches
+        .iter()
+        .map(|batch| batch.iter().map(|e| loss_tokens(model, e, max_len)).sum())
+        .collect();
+    let counted = counts.iter().filter(|&&n| n > 0).count();
     let mut grads: HashMap<String, Tensor> = HashMap::new();
     let mut loss = 0.0;
-    let mut tokens = 0;
-    let mut counted = 0;
-    let mut empty = 0;
-    // Losses first, so each micro-batch's token count is known before its backward passes.
-    let mut per_batch = Vec::with_capacity(micro_batches.len());
-    for batch in micro_batches {
-        let mut losses = Vec::new();
-        let mut batch_tokens = 0;
-        for example in batch {
-            if let Some((sum, n)) = example_loss(model, example, max_len)? {
-                batch_tokens += n;
-                losses.push(sum);
-            }
-        }
-        if batch_tokens == 0 {
-            empty += 1;
-        } else {
-            counted += 1;
-        }
-        per_batch.push((losses, batch_tokens));
-    }
-    for (losses, batch_tokens) in per_batch {
+    for (batch, &batch_tokens) in micro_batches.iter().zip(&counts) {
         if batch_tokens == 0 {
             continue;
         }
-        tokens += batch_tokens;
         let scale = 1.0 / (batch_tokens as f64 * counted as f64);
-        for sum in losses {
-            loss += sum.to_scalar::<f32>()? as f64 / batch_tokens as f64;
-            let store = (sum * scale)?.backward()?;
-            for param in &trainables.params {
-                if let Some(grad) = store.get(param.var.as_tensor()) {
-                    let total = match grads.remove(&param.key) {
-                        Some(total) => (total + grad)?,
-                        None => grad.clone(),
-                    };
-                    grads.insert(param.key.clone(), total);
-                }
-            }
+        for example in batch {
+            let Some(prepared) = prepare(model, example, max_len)? else {
+                continue;
+            };
+            let sum = match recompute {
+                Recompute::None => whole_graph(model, trainables, &prepared, scale, &mut grads)?,
+                Recompute::Layer => per_layer(model, trainables, &prepared, scale, &mut grads)?,
+            };
+            loss += sum / batch_tokens as f64;
         }
     }
     for param in &trainables.params {
@@ -87,9 +83,88 @@ pub fn accumulate(
         } else {
             loss / counted as f64
         },
-        tokens,
-        empty_micro_batches: empty,
+        tokens: counts.iter().sum(),
+        empty_micro_batches: counts.len() - counted,
     })
+}
+
+/// Adds what `store` holds for the trainables to `grads`.
+fn collect(
+    store: &GradStore,
+    trainables: &Trainables,
+    grads: &mut HashMap<String, Tensor>,
+) -> Result<()> {
+    for param in &trainables.params {
+        if let Some(grad) = store.get(param.var.as_tensor()) {
+            let total = match grads.remove(&param.key) {
+                Some(total) => (total + grad)?,
+                None => grad.clone(),
+            };
+            grads.insert(param.key.clone(), total);
+        }
+    }
+    Ok(())
+}
+
+/// The sample's summed loss; its gradients times `scale` added to `grads`.
+fn whole_graph(
+    model: &ImpModel,
+    trainables: &Trainables,
+    prepared: &Prepared,
+    scale: f64,
+    grads: &mut HashMap<String, Tensor>,
+) -> Result<f64> {
+    let decoder = model.decoder();
+    let mut x = prepared.embeds.clone();
+    for index in 0..decoder.num_layers() {
+        x = decoder.forward_layer(index, &x)?;
+    }
+    let sum = head_loss(model, &x, prepared)?;
+    collect(&(&sum * scale)?.backward()?, trainables, grads)?;
+    Ok(sum.to_scalar::<f32>()? as f64)
+}
+
+/// [`whole_graph`] keeping one layer's graph at a time.
+fn per_layer(
+    model: &ImpModel,
+    trainables: &Trainables,
+    prepared: &Prepared,
+    scale: f64,
+    grads: &mut HashMap<String, Tensor>,
+) -> Result<f64> {
+    let decoder = model.decoder();
+    let layers = decoder.num_layers();
+    let mut inputs = Vec::with_capacity(layers + 1);
+    inputs.push(prepared.embeds.detach());
+    for index in 0..layers {
+        let output = decoder.forward_layer(index, &inputs[index])?.detach();
+        inputs.push(output);
+    }
+    let last = Var::from_tensor(&inputs[layers])?;
+    let sum = head_loss(model, last.as_tensor(), prepared)?;
+    let store = (&sum * scale)?.backward()?;
+    collect(&store, trainables, grads)?;
+    let mut upstream = input_grad(&store, &last)?;
+    for index in (0..layers).rev() {
+        let input = Var::from_tensor(&inputs[index])?;
+        let output = decoder.forward_layer(index, input.as_tensor())?;
+        let store = (output * &upstream)?.sum_all()?.backward()?;
+        collect(&store, trainables, grads)?;
+        upstream = input_grad(&store, &input)?;
+    }
+    // Into the projector through the splice.
+    let store = (&prepared.embeds * &upstream)?.sum_all()?.backward()?;
+    collect(&store, trainables, grads)?;
+    Ok(sum.to_scalar::<f32>()? as f64)
+}
+
+fn input_grad(store: &GradStore, input: &Var) -> Result<Tensor> {
+    match store.get(input.as_tensor()) {
+        Some(grad) => Ok(grad.detach()),
+        None => Err(Error::InvalidArgument(
+            "recomputation found no gradient for a layer's input".into(),
+        )),
+    }
 }
 
 /// The gradients' global L2 norm, and the factor `clip_grad_norm_` scales them by to bring it

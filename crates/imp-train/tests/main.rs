@@ -3,7 +3,9 @@
 mod data;
 mod masks;
 mod merge;
+mod reference_files;
 mod run;
+mod sampler;
 mod schedule;
 mod support;
 mod train_parity;

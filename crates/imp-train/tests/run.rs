@@ -250,3 +250,33 @@ fn stage_one_trains_the_projector_that_stage_two_starts_from() {
         assert_eq!(a, b, "{name}");
     }
 }
+
+#[test]
+fn export_reference_writes_the_same_samples_and_the_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = one_question(dir.path());
+    options.global_batch = 16;
+    options.micro_batch = 2;
+    options.warmup_ratio = 0.03;
+    let out = dir.path().join("reference");
+    let files = imp_train::export::export_reference(&options, 4, &out).unwrap();
+    assert_eq!(files, [out.join("data.json"), out.join("train.sh")]);
+    let original = imp_train::data::read(&options.data).unwrap();
+    let exported = imp_train::data::read(&out.join("data.json")).unwrap();
+    assert_eq!(original, exported);
+    let script = std::fs::read_to_string(out.join("train.sh")).unwrap();
+    for expected in [
+        "deepspeed --num_gpus 4",
+        "--version phi2",
+        "--lora_r 8",
+        "--per_device_train_batch_size 2",
+        "--gradient_accumulation_steps 2",
+        "--lr_scheduler_type constant_with_warmup",
+        "--learning_rate 0.01",
+    ] {
+        assert!(script.contains(expected), "{expected} missing:\n{script}");
+    }
+    let error = imp_train::export::export_reference(&options, 3, &dir.path().join("odd"))
+        .expect_err("16 samples do not split over 2 x 3");
+    assert!(error.to_string().contains("not a multiple"), "{error}");
+}

@@ -59,11 +59,14 @@ pub fn train_options(model: &str) -> imp_train::run::TrainOptions {
         warmup_ratio: 0.0,
         scheduler: Scheduler::Constant,
         max_len: 4096,
+        aspect: None,
         seed: 42,
         dtype: candle_core::DType::F32,
         device: candle_core::Device::Cpu,
         save_every: 0,
         resume: None,
         strict_masks: false,
+        group_by_modality: false,
+        recompute: imp_train::step::Recompute::None,
     }
 }

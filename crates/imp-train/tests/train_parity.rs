@@ -10,7 +10,7 @@ use imp_train::data;
 use imp_train::loss::Example;
 use imp_train::optim::AdamW;
 use imp_train::run::TrainModel;
-use imp_train::step::accumulate;
+use imp_train::step::{accumulate, Recompute};
 use serde::Deserialize;
 
 use crate::support::{fixture_dir, image_folder, train_options, TRAINED_MODELS};
@@ -191,7 +191,14 @@ fn loss_gradients_and_two_adamw_steps_match_pytorch_and_peft() {
         let max_len = 4096;
         let run = &fixture.run;
 
-        let step1 = accumulate(&run.model, &run.trainables, &batch, max_len).unwrap();
+        let step1 = accumulate(
+            &run.model,
+            &run.trainables,
+            &batch,
+            max_len,
+            Recompute::None,
+        )
+        .unwrap();
         assert_loss(name, step1.loss, fixture.expected.loss_step1);
         fixture.compare(name, "grad", &step1.grads);
         // A graph cut (an op without backward on the route) would leave a zero gradient.
@@ -201,16 +208,27 @@ fn loss_gradients_and_two_adamw_steps_match_pytorch_and_peft() {
         optimizer.step(&step1.grads, 1.0).unwrap();
         fixture.compare(name, "step1", &run.trainables.tensors());
 
-        let step2 = accumulate(&run.model, &run.trainables, &batch, max_len).unwrap();
+        let step2 = accumulate(
+            &run.model,
+            &run.trainables,
+            &batch,
+            max_len,
+            Recompute::None,
+        )
+        .unwrap();
         assert_loss(name, step2.loss, fixture.expected.loss_step2);
         optimizer.step(&step2.grads, 1.0).unwrap();
         fixture.compare(name, "step2", &run.trainables.tensors());
     }
 }
 
+/// Also with layer-wise recomputation, which must give the same gradients.
 #[test]
 fn accumulated_micro_batches_average_their_means_as_the_reference() {
-    for name in TRAINED_MODELS {
+    for (name, recompute) in TRAINED_MODELS
+        .into_iter()
+        .flat_map(|name| [(name, Recompute::None), (name, Recompute::Layer)])
+    {
         let fixture = load(name);
         let micro_batches: Vec<Vec<Example>> = fixture
             .expected
@@ -219,7 +237,7 @@ fn accumulated_micro_batches_average_their_means_as_the_reference() {
             .map(|&i| fixture.batch(&[i]))
             .collect();
         let run = &fixture.run;
-        let got = accumulate(&run.model, &run.trainables, &micro_batches, 4096).unwrap();
+        let got = accumulate(&run.model, &run.trainables, &micro_batches, 4096, recompute).unwrap();
         assert_loss(name, got.loss, fixture.expected.accum_loss);
         fixture.compare(name, "accum_grad", &got.grads);
     }

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::adapter::Adapter;
 use crate::checkpoint::{self, TensorSource, Weights};
-use crate::config::{Family, ImpConfig};
+use crate::config::{AspectMode, Family, ImpConfig};
 use crate::models::{pool_patches, Decoder, Projector, VisionTower};
 use crate::preprocess::ImagePreprocessor;
 use crate::quant::{self, Part, Quantization, WeightGroup};
@@ -36,6 +36,8 @@ pub struct LoadOptions {
     pub quantization: Quantization,
     /// LoRA (and projector) weights applied unmerged on top of the checkpoint's.
     pub adapter: Option<Arc<Adapter>>,
+    /// How non-square images are made square, instead of the config's `image_aspect_ratio`.
+    pub aspect: Option<AspectMode>,
 }
 
 impl Default for LoadOptions {
@@ -47,6 +49,7 @@ impl Default for LoadOptions {
             pool: 1,
             quantization: Quantization::default(),
             adapter: None,
+            aspect: None,
         }
     }
 }
@@ -266,7 +269,7 @@ impl ImpModel {
     }
 }
 
-/// Checks and applies the run-time image size and pooling of `options`.
+/// Checks and applies the run-time image size, aspect mode and pooling of `options`.
 fn apply_token_budget(config: &mut ImpConfig, options: &LoadOptions) -> Result<()> {
     let vision = &mut config.vision;
     let patch = vision.patch_size;
@@ -284,7 +287,10 @@ fn apply_token_budget(config: &mut ImpConfig, options: &LoadOptions) -> Result<(
         }
         vision.image_size = size;
     }
-    let grid = vision.grid_size();
+    if let Some(aspect) = options.aspect {
+        config.aspect = aspect;
+    }
+    let grid = config.vision.grid_size();
     if options.pool == 0 || options.pool > grid {
         return Err(Error::InvalidArgument(format!(
             "pool {} must be between 1 and the patch grid's side, {grid}",

@@ -150,6 +150,13 @@ impl<'a> Weights<'a> {
             return Ok(None);
         }
         let Some(tensor) = adapter.replacement(name) else {
+            if adapter.replacements().next().is_some() {
+                // A torn `non_lora_trainables` would otherwise mix trained and base layers.
+                return Err(Error::tensor(
+                    name.as_str(),
+                    "the adapter replaces part of the projector but not this tensor",
+                ));
+            }
             return Ok(None);
         };
         if tensor.dims() != shape {

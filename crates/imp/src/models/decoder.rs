@@ -168,6 +168,31 @@ impl Decoder {
         self.run_layers(embeds, 0, None)
     }
 
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Layer `index` alone over a whole sequence `x[tokens, hidden]` from position 0, without
+    /// a cache: training recomputes one layer at a time with it.
+    pub fn forward_layer(&self, index: usize, x: &Tensor) -> Result<Tensor> {
+        let layer = self.layers.get(index).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "layer {index} of a decoder with {} layers",
+                self.layers.len()
+            ))
+        })?;
+        let _span = tracing::trace_span!("decoder_layer", index).entered();
+        layer
+            .forward(&x.unsqueeze(0)?, index, 0, None, self)?
+            .squeeze(0)
+            .map_err(Error::from)
+    }
+
+    /// The norm after the last layer, `[tokens, hidden]`.
+    pub fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        self.final_norm.forward(x)
+    }
+
     fn run_layers(
         &self,
         embeds: &Tensor,
