@@ -29,6 +29,8 @@ IMP = Path(os.environ.get("IMP_BIN", ROOT / "target/debug/imp"))
 FIXTURES = ROOT / "crates/imp/tests/fixtures"
 MODEL = "imp-v1.5-4b-phi3"
 MODEL_DIR = FIXTURES / "models" / MODEL
+# A PEFT-written LoRA for this model (non-zero A and B), from imp-train's fixtures.
+ADAPTER = ROOT / "crates/imp-train/tests/fixtures" / MODEL / "init_adapter"
 IMAGES = FIXTURES / "images"
 CHELSEA = IMAGES / "skimage_chelsea.png"
 QUESTION = "What is shown in this image?"
@@ -59,12 +61,12 @@ def imp_run(image: Path, max_tokens: int, *args: str) -> dict:
 
 
 class Server:
-    def __init__(self):
+    def __init__(self, *extra: str):
         self.cache = tempfile.TemporaryDirectory()
         self.process = subprocess.Popen(
             [IMP, "serve", "--model", MODEL_DIR, "--port", "0", "--api-key", KEY,
              "--allow-files", IMAGES, "--cache-dir", self.cache.name,
-             "--max-image-bytes", "1000000", "--max-body-bytes", "2000000"],
+             "--max-image-bytes", "1000000", "--max-body-bytes", "2000000", *extra],
             stderr=subprocess.PIPE, text=True,
         )
         line = self.process.stderr.readline()
@@ -100,6 +102,22 @@ class Server:
         code = self.process.wait(timeout=30)
         self.cache.cleanup()
         return code
+
+
+class OpenAIClientWithLora(unittest.TestCase):
+    def test_a_served_lora_answers_as_imp_run_with_it(self):
+        server = Server("--lora", str(ADAPTER))
+        try:
+            client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
+            reply = client.chat.completions.create(
+                model=MODEL, messages=[image_message(data_url(CHELSEA.read_bytes()))],
+                temperature=0, max_tokens=12)
+        finally:
+            self.assertEqual(server.stop(), 0)
+        expected = imp_run(CHELSEA, 12, "--lora", str(ADAPTER))
+        self.assertEqual(reply.choices[0].message.content, expected["text"])
+        self.assertNotEqual(expected["tokens"], imp_run(CHELSEA, 12)["tokens"],
+                            "the adapter must change the answer for the test to mean anything")
 
 
 class OpenAIClient(unittest.TestCase):
