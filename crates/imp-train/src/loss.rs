@@ -63,6 +63,11 @@ pub struct Prepared {
 
 /// The label tokens `example` contributes, known without running the model.
 pub fn loss_tokens(model: &ImpModel, example: &Example, max_len: usize) -> usize {
+    targets_of(model, example, max_len).0.len()
+}
+
+/// [`loss_targets`] of the example's spliced labels.
+fn targets_of(model: &ImpModel, example: &Example, max_len: usize) -> (Vec<u32>, Vec<u32>) {
     let labels = spliced_labels(
         &example.ids,
         &example.labels,
@@ -70,20 +75,13 @@ pub fn loss_tokens(model: &ImpModel, example: &Example, max_len: usize) -> usize
         model.image_tokens(),
         max_len,
     );
-    loss_targets(&labels).0.len()
+    loss_targets(&labels)
 }
 
 /// Runs the image through the (frozen) vision tower and the projector and splices it in;
 /// `None` when no label counts.
 pub fn prepare(model: &ImpModel, example: &Example, max_len: usize) -> Result<Option<Prepared>> {
-    let labels = spliced_labels(
-        &example.ids,
-        &example.labels,
-        model.image_token_id(),
-        model.image_tokens(),
-        max_len,
-    );
-    let (positions, targets) = loss_targets(&labels);
+    let (positions, targets) = targets_of(model, example, max_len);
     if positions.is_empty() {
         return Ok(None);
     }
