@@ -104,6 +104,10 @@ struct TrainArgs {
     lora_alpha: Option<f64>,
     #[arg(long)]
     lora_dropout: Option<f64>,
+    /// Dropout on each block's attention and MLP outputs [default: the config's resid_pdrop,
+    /// 0.1 for Phi-2, 0 for the others].
+    #[arg(long)]
+    resid_dropout: Option<f64>,
     /// `auto` (every linear layer of the language model) or leaf names, e.g. q_proj,v_proj.
     #[arg(long, default_value = "auto")]
     lora_targets: String,
@@ -297,6 +301,7 @@ fn options(args: TrainArgs) -> Result<TrainOptions> {
             RecomputeArg::None => Recompute::None,
             RecomputeArg::Layer => Recompute::Layer,
         },
+        residual_dropout: args.resid_dropout,
     })
 }
 

@@ -7,7 +7,9 @@
 //! layer: about 24 hidden-sized rows per token (inputs of every linear and LoRA, the f32 norm
 //! intermediates, residuals, rotary pieces), 4 MLP-sized rows, and 6 f32 `[heads, L, L]`
 //! attention tensors (q·kᵀ, scaled, masked, and the composed softmax's exp, sum and quotient),
-//! plus lm_head's f32 logits and log-softmax at the label positions. It is an estimate from
+//! plus lm_head's f32 logits and log-softmax at the label positions; each dropout (LoRA's on
+//! every adapted input, the residual one on attention and MLP outputs) adds its mask and its
+//! output. It is an estimate from
 //! the graph's shape, not a measurement. With layer-wise recomputation the graph holds every
 //! layer's input and one layer's tensors at a time.
 
@@ -38,7 +40,9 @@ impl MemoryEstimate {
 
 /// For a run on `shapes`' model (with `recompute`, the activations are every layer's input plus
 /// one layer's graph) in `dtype` whose longest sample has `tokens` rows (of which
-/// `label_tokens` take a loss), training `lora` (none in stage 1) and the projector.
+/// `label_tokens` take a loss), training `lora` (none in stage 1) and the projector, with
+/// `residual_dropout` on the blocks' outputs.
+#[allow(clippy::too_many_arguments)]
 pub fn estimate(
     shapes: &dyn TensorShapes,
     config: &ImpConfig,
@@ -47,6 +51,7 @@ pub fn estimate(
     tokens: usize,
     label_tokens: usize,
     recompute: Recompute,
+    residual_dropout: f64,
 ) -> Result<MemoryEstimate> {
     let mut stored = 0;
     let mut projector = 0;
@@ -59,19 +64,35 @@ pub fn estimate(
             stored += count;
         }
     }
-    let lora_parameters: usize = match lora {
-        Some(spec) => lora_modules(shapes, config.style, config.decoder.num_layers, spec)?
-            .iter()
-            .map(|m| spec.r * (m.out + m.fan_in))
-            .sum(),
-        None => 0,
+    let modules = match lora {
+        Some(spec) => lora_modules(shapes, config.style, config.decoder.num_layers, spec)?,
+        None => Vec::new(),
+    };
+    let r = lora.map_or(0, |spec| spec.r);
+    let lora_parameters: usize = modules.iter().map(|m| r * (m.out + m.fan_in)).sum();
+    // Dropped LoRA inputs per layer, in hidden-or-MLP-sized rows per token (lm_head's input
+    // is only the label rows; it is left out).
+    let lora_dropout_width: usize = match lora {
+        Some(spec) if spec.dropout > 0.0 => {
+            let layer_inputs: usize = modules
+                .iter()
+                .filter(|m| !m.name.ends_with("lm_head"))
+                .map(|m| m.fan_in)
+                .sum();
+            layer_inputs / config.decoder.num_layers.max(1)
+        }
+        _ => 0,
     };
     let trainable = lora_parameters + projector;
     let size = dtype.size_in_bytes();
     let d = &config.decoder;
     let (l, h) = (tokens, d.hidden_size);
-    let per_layer =
-        24 * l * h * size + 4 * l * d.intermediate_size * size + 6 * d.num_heads * l * l * 4;
+    let residual_dropout_width = if residual_dropout > 0.0 { 2 * h } else { 0 };
+    let dropout = 2 * l * (lora_dropout_width + residual_dropout_width) * size;
+    let per_layer = 24 * l * h * size
+        + 4 * l * d.intermediate_size * size
+        + 6 * d.num_heads * l * l * 4
+        + dropout;
     let lm_head = 3 * label_tokens * d.vocab_size * 4;
     Ok(MemoryEstimate {
         tokens,

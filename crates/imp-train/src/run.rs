@@ -21,7 +21,7 @@ use crate::data::{self, Sample};
 use crate::loss::Example;
 use crate::optim::{AdamW, AdamWConfig, Param, ParamGroup};
 use crate::schedule::{warmup_steps, Scheduler};
-use crate::step::{accumulate, clip_factor};
+use crate::step::{accumulate, clip_factor, step_seed};
 use crate::template::{encode_with_limit, Encoded, Template};
 use crate::trainable::{Kind, LoraSpec, Trainables};
 use crate::{Error, Result};
@@ -74,6 +74,9 @@ pub struct TrainOptions {
     /// Each step only image or only text samples, longest first (the reference's stage 2).
     pub group_by_modality: bool,
     pub recompute: crate::step::Recompute,
+    /// Dropout on each block's attention and MLP outputs; `None`: the model config's
+    /// `resid_pdrop` (Phi-2: 0.1), as the reference trains in both stages.
+    pub residual_dropout: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +210,9 @@ impl TrainModel {
             device: device.clone(),
             adapter: Some(Arc::new(trainables.adapter(dropout)?)),
             aspect: options.aspect,
+            residual_dropout: options
+                .residual_dropout
+                .unwrap_or(config.decoder.residual_dropout) as f32,
             ..LoadOptions::default()
         };
         let model = ImpModel::from_source(source.as_ref(), &load)?;
@@ -511,6 +517,7 @@ pub fn train(options: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<
                 &micro_batches,
                 options.max_len,
                 options.recompute,
+                step_seed(options.seed, step),
             )?;
             let (grad_norm, factor) = clip_factor(&gradients.grads, options.max_grad_norm)?;
             if !grad_norm.is_finite() || !gradients.loss.is_finite() {
@@ -683,6 +690,9 @@ fn check_options(options: &TrainOptions) -> Result<()> {
             options.lora.dropout
         ));
     }
+    if let Some(rate) = options.residual_dropout.filter(|r| !(0.0..1.0).contains(r)) {
+        return invalid(format!("--resid-dropout {rate} must be in [0, 1)"));
+    }
     if options.lora.r == 0 {
         return invalid("--lora-r must be at least 1".into());
     }
@@ -848,6 +858,9 @@ pub fn dry_run(options: &TrainOptions) -> Result<DryRun> {
     planned_steps(options, &samples, &mut report);
     let most_labels = encoded.iter().map(Encoded::loss_tokens).max().unwrap_or(0);
     let lora = (options.stage == Stage::Lora).then_some(&options.lora);
+    let residual_dropout = options
+        .residual_dropout
+        .unwrap_or(config.decoder.residual_dropout);
     let memory = [report.max_tokens, 1024, 2048]
         .into_iter()
         .map(|tokens| {
@@ -859,6 +872,7 @@ pub fn dry_run(options: &TrainOptions) -> Result<DryRun> {
                 tokens,
                 most_labels.min(tokens),
                 options.recompute,
+                residual_dropout,
             )
         })
         .collect::<Result<_>>()?;

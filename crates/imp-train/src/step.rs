@@ -8,10 +8,15 @@
 //! only each decoder layer's input, and the backward pass runs the layers again one at a time,
 //! last first, handing each the gradient of its output (the vector-Jacobian product through
 //! the surrogate `sum(output · gradient)`).
+//!
+//! Dropout masks are keyed by (step seed, sample, layer), so a layer recomputed for its
+//! backward pass draws the masks its forward pass drew, and a resumed run draws the masks a
+//! straight run would have.
 
 use std::collections::HashMap;
 
 use candle_core::{backprop::GradStore, Tensor, Var};
+use imp::nn::dropout;
 use imp::ImpModel;
 
 use crate::loss::{head_loss, loss_tokens, prepare, Example, Prepared};
@@ -41,12 +46,14 @@ pub struct Gradients {
     pub empty_micro_batches: usize,
 }
 
+/// The step's gradients; `dropout_seed` keys the step's dropout masks (see [`step_seed`]).
 pub fn accumulate(
     model: &ImpModel,
     trainables: &Trainables,
     micro_batches: &[Vec<Example>],
     max_len: usize,
     recompute: Recompute,
+    dropout_seed: u64,
 ) -> Result<Gradients> {
     let counts: Vec<usize> = micro_batches
         .iter()
@@ -55,6 +62,7 @@ pub fn accumulate(
     let counted = counts.iter().filter(|&&n| n > 0).count();
     let mut grads: HashMap<String, Tensor> = HashMap::new();
     let mut loss = 0.0;
+    let mut sample = 0;
     for (batch, &batch_tokens) in micro_batches.iter().zip(&counts) {
         if batch_tokens == 0 {
             continue;
@@ -64,9 +72,17 @@ pub fn accumulate(
             let Some(prepared) = prepare(model, example, max_len)? else {
                 continue;
             };
+            let masks = Masks {
+                seed: mix(dropout_seed, sample),
+            };
+            sample += 1;
             let sum = match recompute {
-                Recompute::None => whole_graph(model, trainables, &prepared, scale, &mut grads)?,
-                Recompute::Layer => per_layer(model, trainables, &prepared, scale, &mut grads)?,
+                Recompute::None => {
+                    whole_graph(model, trainables, &prepared, scale, masks, &mut grads)?
+                }
+                Recompute::Layer => {
+                    per_layer(model, trainables, &prepared, scale, masks, &mut grads)?
+                }
             };
             loss += sum / batch_tokens as f64;
         }
@@ -86,6 +102,32 @@ pub fn accumulate(
         tokens: counts.iter().sum(),
         empty_micro_batches: counts.len() - counted,
     })
+}
+
+/// The dropout seed of step `step` (0-based) of a run seeded with `seed`.
+pub fn step_seed(seed: u64, step: usize) -> u64 {
+    mix(seed, step as u64)
+}
+
+/// One sample's dropout masks: each layer (and the head, numbered after the last layer) draws
+/// from its own seeded stream.
+#[derive(Clone, Copy)]
+struct Masks {
+    seed: u64,
+}
+
+impl Masks {
+    fn layer(self, index: usize) -> dropout::Seeded {
+        dropout::seeded(mix(self.seed, index as u64))
+    }
+}
+
+/// SplitMix64's finaliser over `seed` and `value`: well-spread seeds from small counters.
+fn mix(seed: u64, value: u64) -> u64 {
+    let mut z = seed ^ value.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Adds what `store` holds for the trainables to `grads`.
@@ -112,14 +154,20 @@ fn whole_graph(
     trainables: &Trainables,
     prepared: &Prepared,
     scale: f64,
+    masks: Masks,
     grads: &mut HashMap<String, Tensor>,
 ) -> Result<f64> {
     let decoder = model.decoder();
+    let layers = decoder.num_layers();
     let mut x = prepared.embeds.clone();
-    for index in 0..decoder.num_layers() {
+    for index in 0..layers {
+        let _masks = masks.layer(index);
         x = decoder.forward_layer(index, &x)?;
     }
-    let sum = head_loss(model, &x, prepared)?;
+    let sum = {
+        let _masks = masks.layer(layers);
+        head_loss(model, &x, prepared)?
+    };
     collect(&(&sum * scale)?.backward()?, trainables, grads)?;
     Ok(sum.to_scalar::<f32>()? as f64)
 }
@@ -130,6 +178,7 @@ fn per_layer(
     trainables: &Trainables,
     prepared: &Prepared,
     scale: f64,
+    masks: Masks,
     grads: &mut HashMap<String, Tensor>,
 ) -> Result<f64> {
     let decoder = model.decoder();
@@ -137,17 +186,24 @@ fn per_layer(
     let mut inputs = Vec::with_capacity(layers + 1);
     inputs.push(prepared.embeds.detach());
     for index in 0..layers {
+        let _masks = masks.layer(index);
         let output = decoder.forward_layer(index, &inputs[index])?.detach();
         inputs.push(output);
     }
     let last = Var::from_tensor(&inputs[layers])?;
-    let sum = head_loss(model, last.as_tensor(), prepared)?;
+    let sum = {
+        let _masks = masks.layer(layers);
+        head_loss(model, last.as_tensor(), prepared)?
+    };
     let store = (&sum * scale)?.backward()?;
     collect(&store, trainables, grads)?;
     let mut upstream = input_grad(&store, &last)?;
     for index in (0..layers).rev() {
         let input = Var::from_tensor(&inputs[index])?;
-        let output = decoder.forward_layer(index, input.as_tensor())?;
+        let output = {
+            let _masks = masks.layer(index);
+            decoder.forward_layer(index, input.as_tensor())?
+        };
         let store = (output * &upstream)?.sum_all()?.backward()?;
         collect(&store, trainables, grads)?;
         upstream = input_grad(&store, &input)?;

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use imp::adapter::Adapter;
 use imp::{ImpModel, LoadOptions};
 
-use crate::support::{fixture_dir, model_dir};
+use crate::support::{fixture_dir, model_dir, TRAINED_MODELS};
 
 const MODEL: &str = "imp-v1.5-3b-phi2";
 
@@ -139,4 +139,76 @@ fn a_torn_projector_replacement_is_refused() {
         .expect("a projector with one of four tensors replaced")
         .to_string();
     assert!(error.contains("replaces part of the projector"), "{error}");
+}
+
+/// The other direction: an adapter saved by imp is the files PEFT wrote for it, tensor for
+/// tensor (names, dtypes, shapes, bits; less the `base_layer` copies newer PEFT adds, which its
+/// loader does not need), with every `adapter_config.json` value PEFT's `LoraConfig` reads equal.
+#[test]
+fn adapters_saved_by_imp_are_the_files_peft_wrote() {
+    for name in TRAINED_MODELS {
+        let peft = fixture_dir(name).join("init_adapter");
+        let saved = tempfile::tempdir().unwrap();
+        Adapter::load(&peft, &Device::Cpu)
+            .unwrap()
+            .save(saved.path())
+            .unwrap();
+        for file in [
+            "adapter_model.safetensors",
+            "non_lora_trainables.safetensors",
+        ] {
+            let read = |dir: &std::path::Path| -> BTreeMap<String, _> {
+                candle_core::safetensors::load(dir.join(file), &Device::Cpu)
+                    .unwrap()
+                    .into_iter()
+                    .filter(|(key, _)| !key.contains(".base_layer."))
+                    .map(|(key, t)| (key, (t.dtype(), bits(&t.to_dtype(DType::F32).unwrap()))))
+                    .collect()
+            };
+            let (want, got) = (read(&peft), read(saved.path()));
+            assert!(!want.is_empty(), "{name}: {file} is empty");
+            assert_eq!(
+                got.keys().collect::<Vec<_>>(),
+                want.keys().collect::<Vec<_>>(),
+                "{name}: {file} names"
+            );
+            assert!(got == want, "{name}: {file} values");
+        }
+        let config = |dir: &std::path::Path| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+                .unwrap()
+        };
+        let (want, got) = (config(&peft), config(saved.path()));
+        for key in [
+            "peft_type",
+            "task_type",
+            "r",
+            "lora_dropout",
+            "bias",
+            "fan_in_fan_out",
+            "modules_to_save",
+            "init_lora_weights",
+            "layers_to_transform",
+            "layers_pattern",
+            "use_rslora",
+            "use_dora",
+        ] {
+            assert_eq!(got[key], want[key], "{name}: adapter_config.json `{key}`");
+        }
+        assert_eq!(
+            got["lora_alpha"].as_f64(),
+            want["lora_alpha"].as_f64(),
+            "{name}: lora_alpha"
+        );
+        let sorted = |v: &serde_json::Value| {
+            let mut names: Vec<String> = serde_json::from_value(v.clone()).unwrap();
+            names.sort();
+            names
+        };
+        assert_eq!(
+            sorted(&got["target_modules"]),
+            sorted(&want["target_modules"]),
+            "{name}: target_modules"
+        );
+    }
 }

@@ -68,5 +68,6 @@ pub fn train_options(model: &str) -> imp_train::run::TrainOptions {
         strict_masks: false,
         group_by_modality: false,
         recompute: imp_train::step::Recompute::None,
+        residual_dropout: None,
     }
 }

@@ -91,6 +91,10 @@ pub struct DecoderConfig {
     pub rotary_dim: usize,
     pub rope_theta: f64,
     pub norm_eps: f64,
+    /// Dropout the model was trained with on each block's attention and MLP outputs (Phi-2's
+    /// `resid_pdrop`); only training applies it, through
+    /// [`LoadOptions::residual_dropout`](crate::LoadOptions::residual_dropout).
+    pub residual_dropout: f64,
 }
 
 impl DecoderConfig {
@@ -382,6 +386,10 @@ fn decoder_config(json: &Json, family: Family) -> Result<DecoderConfig> {
         Family::Qwen2 => json.opt_f64(&["rms_norm_eps"])?.unwrap_or(1e-6),
         Family::Phi3 => json.opt_f64(&["rms_norm_eps"])?.unwrap_or(1e-5),
     };
+    let residual_dropout = json.opt_f64(&["resid_pdrop"])?.unwrap_or(0.0);
+    if !(0.0..1.0).contains(&residual_dropout) {
+        return Err(json.error(format!("resid_pdrop {residual_dropout} must be in [0, 1)")));
+    }
     Ok(DecoderConfig {
         family,
         vocab_size: json.usize(&["vocab_size"])?,
@@ -394,6 +402,7 @@ fn decoder_config(json: &Json, family: Family) -> Result<DecoderConfig> {
         rotary_dim,
         rope_theta: json.opt_f64(&["rope_theta"])?.unwrap_or(10_000.0),
         norm_eps,
+        residual_dropout,
     })
 }
 

@@ -38,6 +38,10 @@ pub struct LoadOptions {
     pub adapter: Option<Arc<Adapter>>,
     /// How non-square images are made square, instead of the config's `image_aspect_ratio`.
     pub aspect: Option<AspectMode>,
+    /// Training only: dropout rate on each decoder block's attention and MLP outputs before
+    /// the residual sum (the reference trains Phi-2 with its config's `resid_pdrop`, 0.1).
+    /// Inference keeps the default 0.
+    pub residual_dropout: f32,
 }
 
 impl Default for LoadOptions {
@@ -50,6 +54,7 @@ impl Default for LoadOptions {
             quantization: Quantization::default(),
             adapter: None,
             aspect: None,
+            residual_dropout: 0.0,
         }
     }
 }
@@ -110,7 +115,13 @@ impl ImpModel {
         }
         let vision = VisionTower::load(&weights, style, &config.vision)?;
         let projector = Projector::load(&weights, style, &config.projector)?;
-        let decoder = Decoder::load(&weights, style, &config.decoder, config.max_context)?;
+        let decoder = Decoder::load(
+            &weights,
+            style,
+            &config.decoder,
+            config.max_context,
+            options.residual_dropout,
+        )?;
         weights.check_adapter_used()?;
 
         let count = |prefix: &str| -> usize {

@@ -17,6 +17,7 @@ use crate::config::{Block, DecoderConfig, Mlp};
 use crate::names::{NamingStyle, NormNames};
 use crate::nn::act::{gelu_tanh, silu};
 use crate::nn::attention::{attend, Rotary};
+use crate::nn::dropout::dropout;
 use crate::nn::{Embedding, Linear, Norm};
 use crate::session::Session;
 use crate::{Error, Result};
@@ -46,18 +47,27 @@ pub struct Decoder {
     final_norm: Norm,
     lm_head: Linear,
     rotary: Rotary,
+    /// Training-mode dropout on attention and MLP outputs; 0 for inference.
+    residual_dropout: f32,
     dtype: DType,
     device: Device,
 }
 
 impl Decoder {
     /// Loads the decoder; rotary tables cover `max_positions` (the model's context limit).
+    /// `residual_dropout` > 0 is for training only.
     pub fn load(
         weights: &Weights,
         style: NamingStyle,
         config: &DecoderConfig,
         max_positions: usize,
+        residual_dropout: f32,
     ) -> Result<Self> {
+        if !(0.0..1.0).contains(&residual_dropout) {
+            return Err(Error::InvalidArgument(format!(
+                "residual dropout {residual_dropout} must be in [0, 1)"
+            )));
+        }
         let h = config.hidden_size;
         let names = style.decoder();
         let norm_kind = config.family.norm();
@@ -102,6 +112,7 @@ impl Decoder {
                 weights.dtype,
                 &weights.device,
             )?,
+            residual_dropout,
             dtype: weights.dtype,
             device: weights.device.clone(),
         })
@@ -230,16 +241,18 @@ impl DecoderLayer {
         decoder: &Decoder,
     ) -> Result<Tensor> {
         let mlp_kind = decoder.config.family.mlp();
+        let drop_branch = |branch: Tensor| dropout(&branch, decoder.residual_dropout);
         match &self.norms {
             BlockNorms::Parallel(norm) => {
                 let normed = norm.forward(x)?;
-                let attn = self.attention(&normed, index, start, session, decoder)?;
-                let mlp = self.mlp(&normed, mlp_kind)?;
+                let attn = drop_branch(self.attention(&normed, index, start, session, decoder)?)?;
+                let mlp = drop_branch(self.mlp(&normed, mlp_kind)?)?;
                 Ok(((x + attn)? + mlp)?)
             }
             BlockNorms::Sequential { attn, mlp } => {
-                let h = (x + self.attention(&attn.forward(x)?, index, start, session, decoder)?)?;
-                let out = self.mlp(&mlp.forward(&h)?, mlp_kind)?;
+                let attended = self.attention(&attn.forward(x)?, index, start, session, decoder)?;
+                let h = (x + drop_branch(attended)?)?;
+                let out = drop_branch(self.mlp(&mlp.forward(&h)?, mlp_kind)?)?;
                 Ok((h + out)?)
             }
         }

@@ -76,11 +76,7 @@ impl Lora {
             if part.offset > end {
                 pieces.push(zeros(part.offset - end)?);
             }
-            let input = if part.dropout > 0.0 {
-                candle_nn::ops::dropout(x, part.dropout)?
-            } else {
-                x.clone()
-            };
+            let input = super::dropout::dropout(x, part.dropout)?;
             let delta = input
                 .to_dtype(part.a.dtype())?
                 .broadcast_matmul(&part.a.t()?)?

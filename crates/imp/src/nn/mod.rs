@@ -8,6 +8,7 @@
 
 pub mod act;
 pub mod attention;
+pub mod dropout;
 mod linear;
 pub mod lora;
 mod norm;
