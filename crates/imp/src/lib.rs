@@ -25,6 +25,7 @@ pub mod adapter;
 pub mod checkpoint;
 pub mod config;
 mod error;
+pub mod files;
 mod generate;
 #[cfg(feature = "hub")]
 pub mod hub;
