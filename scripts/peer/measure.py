@@ -209,7 +209,7 @@ def mtmd_summary(runs: list[dict]) -> dict:
 
 
 def imp_quantize(imp: Path, folder: Path, quant: str, out: Path, logs: Path) -> None:
-    run([imp, "quantize", "--model", folder, "--quant", quant, "--out", out],
+    run([imp, "quantize", "--model", folder, "--quant", quant, "--out", out, "--force"],
         logs / f"imp-quantize-{quant}", nice=True)
 
 

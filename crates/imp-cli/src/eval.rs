@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use imp::files::{check_output, Overwrite};
 use imp_tools::eval::answers::{merge, Shard};
 use imp_tools::eval::prompts::load_questions;
 use imp_tools::eval::report::{read_reports, Comparison};
@@ -84,6 +85,9 @@ pub struct ScoreArgs {
     /// Print the scores as JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Replace `--out` and `--submission` if they exist.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -94,6 +98,9 @@ pub struct MergeArgs {
     /// Shard answer files, in order.
     #[arg(required = true)]
     shards: Vec<PathBuf>,
+    /// Replace `--out` if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -104,6 +111,9 @@ pub struct ReportArgs {
     /// Where to write the bar chart.
     #[arg(long, default_value = "eval-report.png")]
     chart: PathBuf,
+    /// Replace `--chart` if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 fn parse_benchmark(s: &str) -> Result<Benchmark, String> {
@@ -119,14 +129,14 @@ pub fn run(command: EvalCommand) -> Result<()> {
         EvalCommand::Run(args) => eval_run(args),
         EvalCommand::Score(args) => eval_score(args),
         EvalCommand::Merge(args) => {
-            let count = merge(&args.shards, &args.out)?;
+            let count = merge(&args.shards, &args.out, Overwrite::forced(args.force))?;
             eprintln!("merged {count} answers into {}", args.out.display());
             Ok(())
         }
         EvalCommand::Report(args) => {
             let comparison = Comparison::new(&read_reports(&args.runs)?)?;
             print!("{}", comparison.to_text());
-            comparison.write_chart(&args.chart)?;
+            comparison.write_chart(&args.chart, Overwrite::forced(args.force))?;
             eprintln!("chart written to {}", args.chart.display());
             Ok(())
         }
@@ -186,6 +196,13 @@ fn eval_run(args: RunArgs) -> Result<()> {
 }
 
 fn eval_score(args: ScoreArgs) -> Result<()> {
+    if let Some(out) = &args.out {
+        // Before scoring, so that a refused --out costs nothing.
+        let mut read: Vec<&Path> = vec![&args.answers];
+        read.extend(args.questions.as_deref());
+        read.extend(args.annotations.iter().map(PathBuf::as_path));
+        check_output(out, &read, Overwrite::forced(args.force))?;
+    }
     let report = score(&ScoreInputs {
         benchmark: args.benchmark,
         answers: &args.answers,
@@ -193,10 +210,11 @@ fn eval_score(args: ScoreArgs) -> Result<()> {
         annotations: &args.annotations,
         submission: args.submission.as_deref(),
         label: args.label,
+        overwrite: Overwrite::forced(args.force),
     })?;
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(out) = &args.out {
-        std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
+        imp::files::write(out, json.as_bytes(), Overwrite::forced(args.force))?;
     }
     if args.json {
         println!("{json}");

@@ -158,6 +158,9 @@ struct SynthArgs {
     /// Folder to write (created if needed).
     #[arg(long)]
     out: PathBuf,
+    /// Write into `--out` even if it holds files (same-named ones are replaced).
+    #[arg(long)]
+    force: bool,
     /// Folder whose tokenizer files to copy (default: the family's tokenizer, built into imp).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -385,7 +388,8 @@ fn synth(args: SynthArgs) -> Result<()> {
         }
     };
     let start = Instant::now();
-    let bytes = synthetic::write_checkpoint(preset, &args.out, tokenizer, args.seed)?;
+    let overwrite = imp::files::Overwrite::forced(args.force);
+    let bytes = synthetic::write_checkpoint(preset, &args.out, tokenizer, args.seed, overwrite)?;
     eprintln!(
         "wrote {} ({:.2} GB of weights) to {} in {:.1} s",
         preset.name(),

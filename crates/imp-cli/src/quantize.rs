@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use imp::files::Overwrite;
 use imp::hub::{resolve_model, HubOptions};
 use imp::quant::{Quantization, WeightGroup};
 use imp::quantize::write_gguf;
@@ -50,9 +51,12 @@ pub struct QuantizeArgs {
     model: String,
     #[command(flatten)]
     quant: QuantArgs,
-    /// The GGUF file to write.
+    /// The GGUF file to write (never one of the model's own files).
     #[arg(long)]
     out: PathBuf,
+    /// Replace `--out` if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -92,11 +96,18 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
         .progress_chars("=> "),
     );
     let start = Instant::now();
-    let size = write_gguf(&dir, &plan, &args.out, &mut |done, total, what| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-        bar.set_message(what.to_owned());
-    })
+    let overwrite = Overwrite::forced(args.force);
+    let size = write_gguf(
+        &dir,
+        &plan,
+        &args.out,
+        overwrite,
+        &mut |done, total, what| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(what.to_owned());
+        },
+    )
     .with_context(|| format!("quantizing {} into {}", dir.display(), args.out.display()))?;
     bar.finish_and_clear();
     eprintln!(

@@ -92,3 +92,88 @@ fn uncached_repo_id_offline_names_the_fix() {
         ],
     );
 }
+
+/// Endless or blocking inputs are refused before anything is read, and outputs never replace
+/// a device, an input or (without `--force`) an existing file.
+#[test]
+fn special_files_are_refused_without_reading_or_replacing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("photo.png");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+    let existing = dir.path().join("existing.gguf");
+    std::fs::write(&existing, b"keep me").unwrap();
+    let tiny = model("imp-v1-3b");
+    let shard = tiny.join("model.safetensors");
+    let (fifo, existing, tiny, shard) = (arg(&fifo), arg(&existing), arg(&tiny), arg(&shard));
+    let ask = |image: &'static str| -> Vec<&'static str> {
+        vec![
+            "run", "--model", "MODEL", "--image", image, "--prompt", "Hi",
+        ]
+    };
+    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (ask("FIFO"), &["photo.png", "is a FIFO"]),
+        (ask("/dev/zero"), &["/dev/zero", "is a device"]),
+        (
+            vec![
+                "quantize",
+                "--model",
+                tiny,
+                "--quant",
+                "q8_0",
+                "--out",
+                "/dev/full",
+            ],
+            &["/dev/full", "is a device"],
+        ),
+        (
+            vec![
+                "quantize", "--model", tiny, "--quant", "q8_0", "--out", shard, "--force",
+            ],
+            &["model.safetensors", "is the input"],
+        ),
+        (
+            vec![
+                "quantize", "--model", tiny, "--quant", "q8_0", "--out", existing,
+            ],
+            &["existing.gguf", "--force"],
+        ),
+    ];
+    for (args, mentions) in cases {
+        let args: Vec<&str> = args
+            .into_iter()
+            .map(|a| match a {
+                "MODEL" => tiny,
+                "FIFO" => fifo,
+                other => other,
+            })
+            .collect();
+        assert_fails_with(&imp(&args), mentions);
+    }
+    assert_eq!(std::fs::read(existing).unwrap(), b"keep me");
+
+    // A pipe that never ends, as standard input.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_imp"))
+        .args([
+            "run",
+            "--model",
+            tiny,
+            "--image",
+            "/dev/stdin",
+            "--prompt",
+            "Hi",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let block = [0u8; 1 << 16];
+        while stdin.write_all(&block).is_ok() {}
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert_fails_with(&out, &["/dev/stdin", "is a FIFO"]);
+}

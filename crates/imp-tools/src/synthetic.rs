@@ -128,14 +128,17 @@ struct Spec {
     fill: Fill,
 }
 
-/// Writes `preset`'s checkpoint into `out` (created if needed), with the tokenizer files copied
-/// from `tokenizer_dir`. Returns the bytes of weights written.
+/// Writes `preset`'s checkpoint into `out` (created if needed; one holding files only with
+/// `overwrite`), with the tokenizer files copied from `tokenizer_dir`. Returns the bytes of
+/// weights written.
 pub fn write_checkpoint(
     preset: Preset,
     out: &Path,
     tokenizer_dir: &Path,
     seed: u64,
+    overwrite: imp::files::Overwrite,
 ) -> Result<u64> {
+    imp::files::check_output_dir(out, &[tokenizer_dir], overwrite)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let specs = tensor_specs(preset);
     let storage = if preset.family() == Family::Phi3 {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use image::RgbImage;
+use imp::files::Overwrite;
 use imp::{ImpModel, LoadOptions};
 use imp_tools::eval::answers::{merge, read_answers, AnswerLine, Shard};
 use imp_tools::eval::prompts::load_questions;
@@ -234,11 +235,23 @@ fn run_resume_shard_and_merge() {
         shard_files.push(out);
     }
     let merged = dir.path().join("merged.jsonl");
-    assert_eq!(merge(&shard_files, &merged).unwrap(), 5);
+    assert_eq!(merge(&shard_files, &merged, Overwrite::Refuse).unwrap(), 5);
     assert_eq!(texts(&read_answers(&merged).unwrap()), texts(&reference));
+    // The merged file is not replaced without --force, and never merged into one of its inputs.
+    let err = merge(&shard_files, &merged, Overwrite::Refuse)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(merge(&shard_files, &merged, Overwrite::Replace).unwrap(), 5);
+    let before = std::fs::read(&shard_files[0]).unwrap();
+    let err = merge(&shard_files, &shard_files[0], Overwrite::Replace)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is the input"), "{err}");
+    assert_eq!(std::fs::read(&shard_files[0]).unwrap(), before);
     // Merging a shard twice is refused.
     let twice = [shard_files[0].clone(), shard_files[0].clone()];
-    let err = merge(&twice, &dir.path().join("bad.jsonl"))
+    let err = merge(&twice, &dir.path().join("bad.jsonl"), Overwrite::Refuse)
         .unwrap_err()
         .to_string();
     assert!(

@@ -520,7 +520,9 @@ fn report_compares_scored_runs() {
     let f1_line = table.lines().find(|l| l.contains("F1 (avg)")).unwrap();
     assert!(f1_line.ends_with("100.00  66.67"), "{table}");
     let png = f.path("report.png");
-    comparison.write_chart(&png).unwrap();
+    comparison
+        .write_chart(&png, imp::files::Overwrite::Refuse)
+        .unwrap();
     let image = image::open(&png).unwrap();
     assert_eq!(image.width(), 240);
 }

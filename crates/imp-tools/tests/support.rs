@@ -82,6 +82,7 @@ pub fn inputs<'a>(
         annotations,
         submission,
         label: None,
+        overwrite: imp::files::Overwrite::Refuse,
     }
 }
 

@@ -9,7 +9,6 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -86,14 +85,9 @@ pub fn read_limited(path: &Path, max_bytes: u64) -> Result<Vec<Sample>> {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(io)?;
+    // Refuses a FIFO or device without blocking on it.
+    let file = imp::files::open_regular(path)?;
     let meta = file.metadata().map_err(io)?;
-    if !meta.is_file() {
-        return Err(data_error(
-            path,
-            "not a regular file (expected a LLaVA .json or .jsonl file)",
-        ));
-    }
     if meta.len() > max_bytes {
         return Err(data_error(path, too_large(meta.len(), max_bytes)));
     }

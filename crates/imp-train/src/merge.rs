@@ -34,19 +34,8 @@ pub fn merge(base: &Path, adapter: &Adapter, out: &Path) -> Result<MergeReport> 
             base.display()
         )));
     }
-    let base_abs = fs::canonicalize(base).map_err(io(base))?;
-    if resolved(out)?.starts_with(&base_abs) {
-        return Err(Error::InvalidArgument(format!(
-            "--out {} is the base model's own folder or inside it; choose another",
-            out.display()
-        )));
-    }
-    if out.exists() && fs::read_dir(out).map_err(io(out))?.next().is_some() {
-        return Err(Error::InvalidArgument(format!(
-            "--out {} already holds files; choose an empty or new folder",
-            out.display()
-        )));
-    }
+    // The merged model replaces the folder whole, so an occupied one is never accepted.
+    imp::files::check_output_dir(out, &[base], imp::files::Overwrite::Refuse)?;
     let mut partial = out.as_os_str().to_owned();
     partial.push(".partial");
     let partial = PathBuf::from(partial);
@@ -77,23 +66,6 @@ pub fn merge(base: &Path, adapter: &Adapter, out: &Path) -> Result<MergeReport> 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.to_path_buf();
     move |source| Error::Io { path, source }
-}
-
-/// `path` made absolute through its nearest existing ancestor (it may not exist yet).
-fn resolved(path: &Path) -> Result<PathBuf> {
-    let absolute = std::path::absolute(path).map_err(io(path))?;
-    let mut existing = absolute.as_path();
-    let mut rest = Vec::new();
-    while !existing.exists() {
-        let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
-            break;
-        };
-        rest.push(name.to_owned());
-        existing = parent;
-    }
-    let mut resolved = fs::canonicalize(existing).map_err(io(existing))?;
-    resolved.extend(rest.iter().rev());
-    Ok(resolved)
 }
 
 fn write_merged(base: &Path, adapter: &Adapter, out: &Path) -> Result<MergeReport> {

@@ -364,10 +364,12 @@ fn read_projector(
 ) -> Result<HashMap<String, Tensor>> {
     let is_pickle = path.extension().is_some_and(|e| e == "bin");
     let tensors: Vec<(String, Tensor)> = if is_pickle {
+        // The zip reader opens the file itself; this refuses a FIFO or device first.
+        imp::files::open_regular(path)?;
         candle_core::pickle::read_all(path)
             .map_err(|e| data_error(path, format!("not a readable torch pickle: {e}")))?
     } else {
-        candle_core::safetensors::load(path, device)
+        candle_core::safetensors::load_buffer(&imp::files::map(path)?, device)
             .map_err(|e| data_error(path, format!("not a readable safetensors file: {e}")))?
             .into_iter()
             .collect()
@@ -660,7 +662,7 @@ pub fn encode_samples(
 /// `loss.svg` from every step `log.jsonl` holds, resumed runs' included.
 fn write_loss_plot(out: &Path) -> Result<()> {
     let log_path = out.join(LOG_FILE);
-    let text = fs::read_to_string(&log_path).map_err(|e| io_error(&log_path, e))?;
+    let text = imp::files::read_to_string(&log_path, imp::files::limits::DATA_BYTES)?;
     let losses: Vec<f64> = text
         .lines()
         .filter_map(|line| serde_json::from_str::<StepLog>(line).ok())
@@ -733,12 +735,13 @@ fn io_error(path: &Path, source: std::io::Error) -> Error {
 /// checkpoint to resume from.
 fn prepare_run_dir(options: &TrainOptions) -> Result<Option<PathBuf>> {
     let out = &options.out;
-    if out.exists() && !out.is_dir() {
-        return Err(Error::InvalidArgument(format!(
-            "--out {} exists and is not a folder",
-            out.display()
-        )));
-    }
+    // Occupancy is judged below, where resuming may allow it.
+    let inputs = [
+        options.model.as_path(),
+        options.data.as_path(),
+        options.image_folder.as_path(),
+    ];
+    imp::files::check_output_dir(out, &inputs, imp::files::Overwrite::Replace)?;
     let resume = match &options.resume {
         None => None,
         Some(Resume::Dir(dir)) => Some(dir.clone()),
@@ -814,12 +817,12 @@ fn restore_checkpoint(
     optimizer: &mut AdamW,
 ) -> Result<CheckpointState> {
     let path = dir.join(STATE_FILE);
-    let text = fs::read_to_string(&path).map_err(|e| io_error(&path, e))?;
+    let text = imp::files::read_to_string(&path, imp::files::limits::CONFIG_BYTES)?;
     let state: CheckpointState =
         serde_json::from_str(&text).map_err(|e| data_error(&path, e.to_string()))?;
     let load = |file: &str| -> Result<HashMap<String, Tensor>> {
         let path = dir.join(file);
-        candle_core::safetensors::load(&path, run.model.device())
+        candle_core::safetensors::load_buffer(&imp::files::map(&path)?, run.model.device())
             .map_err(|e| data_error(&path, format!("not a readable safetensors file: {e}")))
     };
     run.trainables.restore(&load(TRAINABLES_FILE)?)?;

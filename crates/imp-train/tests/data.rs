@@ -201,7 +201,14 @@ fn files_that_are_not_data_are_refused() {
     assert!(error.to_string().contains("not a regular file"), "{error}");
 
     let error = data::read(&dir.path().join("missing.json")).expect_err("missing");
-    assert!(matches!(error, Error::Io { .. }), "{error}");
+    assert!(error.to_string().contains("No such file"), "{error}");
+
+    // A FIFO without a writer is refused at once instead of blocking the read.
+    let fifo = dir.path().join("fifo.json");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+    let error = data::read(&fifo).expect_err("a FIFO");
+    assert!(error.to_string().contains("is a FIFO"), "{error}");
 
     let big = dir.path().join("big.json");
     std::fs::write(&big, format!("[{}]", sample(None, GOOD))).expect("write");

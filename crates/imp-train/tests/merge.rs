@@ -288,17 +288,12 @@ fn merge_refuses_the_base_folder_and_a_non_empty_folder() {
     let before = (snapshot(&base), snapshot(&occupied));
 
     let cases = [
-        (base.clone(), "the base model's own folder"),
-        (base.join("."), "the base model's own folder"),
-        (
-            dir.path().join("occupied/../base"),
-            "the base model's own folder",
-        ),
+        (base.clone(), "is the input"),
+        (base.join("."), "is the input"),
+        (dir.path().join("occupied/../base"), "is the input"),
         (occupied.clone(), "already holds files"),
-        (
-            base.join("merged"),
-            "the base model's own folder or inside it",
-        ),
+        (occupied.join("notes.txt"), "is a regular file"),
+        (base.join("merged"), "or inside it"),
     ];
     for (out, message) in cases {
         let error = imp_train::merge::merge(&base, &adapter, &out)

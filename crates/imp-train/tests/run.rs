@@ -187,6 +187,16 @@ fn bad_setups_are_refused_with_a_clear_message() {
             Box::new(|o| o.image_folder = o.image_folder.join("nowhere")),
             "is not a folder",
         ),
+        (
+            "output folder a file",
+            Box::new(|o| o.out = o.out.with_file_name("occupied").join("notes.txt")),
+            "is a regular file",
+        ),
+        (
+            "output inside the model",
+            Box::new(|o| o.out = o.model.join("run")),
+            "or inside it",
+        ),
     ];
     std::fs::write(
         dir.path().join("text.json"),

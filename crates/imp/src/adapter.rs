@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::{files, Error, Result};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -132,7 +132,7 @@ impl Adapter {
     /// present.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let config_path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let text = files::read_to_string(&config_path, files::limits::CONFIG_BYTES)?;
         let config: AdapterConfig =
             serde_json::from_str(&text).map_err(|e| Error::config(&config_path, e.to_string()))?;
         let weights =
@@ -286,8 +286,8 @@ fn read_tensors(
     device: &Device,
 ) -> Result<Option<TensorFile>> {
     let path = dir.join(safetensors);
-    if path.is_file() {
-        let tensors = candle_core::safetensors::load(&path, device)
+    if path.exists() {
+        let tensors = candle_core::safetensors::load_buffer(&files::map(&path)?, device)
             .map_err(|e| Error::config(&path, format!("not a readable safetensors file: {e}")))?;
         return Ok(Some(TensorFile {
             path,
@@ -295,7 +295,9 @@ fn read_tensors(
         }));
     }
     let path = dir.join(pickle);
-    if path.is_file() {
+    if path.exists() {
+        // The zip reader opens the file itself; this refuses a FIFO or device first.
+        files::open_regular(&path)?;
         let tensors = candle_core::pickle::read_all(&path)
             .map_err(|e| Error::config(&path, format!("not a readable torch pickle: {e}")))?;
         let tensors = tensors

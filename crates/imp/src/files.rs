@@ -32,6 +32,9 @@ pub mod limits {
 
 fn describe(metadata: &Metadata) -> &'static str {
     let kind = metadata.file_type();
+    if kind.is_file() {
+        return "a regular file";
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::FileTypeExt;
@@ -48,7 +51,7 @@ fn describe(metadata: &Metadata) -> &'static str {
     if kind.is_dir() {
         "a folder"
     } else {
-        "not a regular file"
+        "neither a file nor a folder"
     }
 }
 
@@ -82,6 +85,14 @@ pub fn open_regular(path: &Path) -> Result<File> {
         return Err(not_regular(path, &metadata));
     }
     Ok(file)
+}
+
+/// The regular file `path` mapped into memory (weights: read lazily, never copied).
+pub fn map(path: &Path) -> Result<memmap2::Mmap> {
+    let file = open_regular(path)?;
+    // SAFETY: the map is read-only; as for every mapped model file, the program's answers are
+    // only as good as the file, which must not be truncated while it is in use.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))
 }
 
 /// The whole of the regular file `path`, refused once it passes `limit` bytes.
@@ -125,6 +136,17 @@ pub enum Overwrite {
     Refuse,
     /// An existing regular file is replaced (`--force`).
     Replace,
+}
+
+impl Overwrite {
+    /// [`Overwrite::Replace`] when the user passed `--force`.
+    pub fn forced(force: bool) -> Self {
+        if force {
+            Self::Replace
+        } else {
+            Self::Refuse
+        }
+    }
 }
 
 /// Checks that `out` may be written: not a FIFO, device, folder or other non-regular file, not
@@ -172,20 +194,70 @@ pub fn check_output(out: &Path, inputs: &[&Path], overwrite: Overwrite) -> Resul
     Ok(())
 }
 
-/// `path` with its folder made absolute and links resolved (the file itself need not exist).
-fn resolve(path: &Path) -> Result<PathBuf> {
-    if let Ok(resolved) = path.canonicalize() {
-        return Ok(resolved);
-    }
-    let parent = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
+/// Checks that the folder `out` may be written into: not a file, FIFO or device, not one of
+/// `inputs` or inside one, and empty (or absent) unless `overwrite` allows writing among
+/// what it holds.
+pub fn check_output_dir(out: &Path, inputs: &[&Path], overwrite: Overwrite) -> Result<()> {
+    let refuse = |message: String| {
+        Err(Error::io(
+            out,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, message),
+        ))
     };
-    let parent = parent.canonicalize().map_err(|e| Error::io(parent, e))?;
-    Ok(match path.file_name() {
-        Some(name) => parent.join(name),
-        None => parent,
-    })
+    let exists = match std::fs::metadata(out) {
+        Ok(metadata) if metadata.is_dir() => true,
+        Ok(metadata) => {
+            return refuse(format!(
+                "is {}; an output folder must be a folder",
+                describe(&metadata)
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(Error::io(out, e)),
+    };
+    let resolved = resolve(out)?;
+    for input in inputs {
+        let Ok(input) = input.canonicalize() else {
+            continue;
+        };
+        if resolved.starts_with(&input) {
+            return refuse(format!(
+                "is the input {} or inside it; write somewhere else",
+                input.display()
+            ));
+        }
+    }
+    let occupied = exists
+        && std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .next()
+            .is_some();
+    if occupied && overwrite == Overwrite::Refuse {
+        return refuse(
+            "already holds files; choose an empty or new folder, or pass --force".into(),
+        );
+    }
+    Ok(())
+}
+
+/// `path` made absolute with the links of its existing part resolved (the rest need not exist
+/// yet), so that two names of one place compare equal.
+fn resolve(path: &Path) -> Result<PathBuf> {
+    let absolute = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+            break;
+        };
+        rest.push(name.to_owned());
+        existing = parent;
+    }
+    let mut resolved = existing
+        .canonicalize()
+        .map_err(|e| Error::io(existing, e))?;
+    resolved.extend(rest.iter().rev());
+    Ok(resolved)
 }
 
 /// A file being written beside `target` that becomes `target` on [`AtomicFile::commit`] and

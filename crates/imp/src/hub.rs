@@ -159,10 +159,13 @@ fn cached_snapshot(cache: &Path, repo_id: &RepoId, revision: &str) -> Option<Pat
     let commit = if is_commit_hash(revision) {
         revision.to_string()
     } else {
-        std::fs::read_to_string(repo.join("refs").join(revision))
-            .ok()?
-            .trim()
-            .to_string()
+        crate::files::read_to_string(
+            &repo.join("refs").join(revision),
+            crate::files::limits::CONFIG_BYTES,
+        )
+        .ok()?
+        .trim()
+        .to_string()
     };
     let dir = repo.join("snapshots").join(commit);
     dir.is_dir().then_some(dir)
@@ -243,7 +246,7 @@ fn index_shards(index: &Path) -> Result<BTreeSet<String>> {
         path: index.to_path_buf(),
         message,
     };
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let text = crate::files::read_to_string(index, crate::files::limits::CONFIG_BYTES)?;
     let parsed: Index = serde_json::from_str(&text).map_err(|e| {
         bad(format!(
             "not a safetensors index (a `weight_map` object): {e}"

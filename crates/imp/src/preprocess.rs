@@ -108,7 +108,7 @@ fn expand_to_square(image: &RgbImage) -> RgbImage {
 
 /// Read a file and decode it (missing file -> Error::Io naming the path).
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::files::read(path, crate::files::limits::IMAGE_BYTES)?;
     decode_rgb(&bytes, &path.display().to_string())
 }
 

@@ -2,8 +2,7 @@
 //! [`checkpoint::gguf`] reads back (its layout is described there).
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{self, Value};
@@ -12,6 +11,7 @@ use candle_core::{DType, Device};
 
 use crate::checkpoint::{self, gguf::keys::*};
 use crate::config::{ConfigFiles, ImpConfig};
+use crate::files::{self, AtomicFile, Overwrite};
 use crate::names::Source;
 use crate::quant::{self, Matrix, Part, Quantization};
 use crate::template::SpecialTokens;
@@ -25,8 +25,10 @@ pub fn write_gguf(
     dir: &Path,
     plan: &Quantization,
     out: &Path,
+    overwrite: Overwrite,
     on_progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<u64> {
+    check_gguf_output(dir, out, overwrite)?;
     if let Some(part) = Part::ALL.into_iter().find(|&p| plan.format(p).is_none()) {
         return Err(Error::InvalidArgument(format!(
             "a GGUF file needs a format for every part, and the {part} has none (--quant sets \
@@ -82,17 +84,26 @@ pub fn write_gguf(
     ));
 
     on_progress(names.len(), total, &out.display().to_string());
-    // Written beside the target and renamed, so that a failed run never leaves a file that
-    // looks complete.
-    let partial = out.with_extension("gguf.partial");
     let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
-    let size = write_file(&partial, &metadata, &tensors).inspect_err(|_| {
-        let _ = std::fs::remove_file(&partial);
-    })?;
-    std::fs::rename(&partial, out).map_err(|e| Error::io(out, e))?;
+    let size = write_file(out, overwrite, &metadata, &tensors)?;
     on_progress(total, total, "done");
     Ok(size)
+}
+
+/// Refused before any work: an output that is not a regular file, an existing one without
+/// `overwrite`, and any file of the model folder being read.
+fn check_gguf_output(dir: &Path, out: &Path, overwrite: Overwrite) -> Result<()> {
+    let inputs: Vec<std::path::PathBuf> = if dir.is_dir() {
+        std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .collect()
+    } else {
+        vec![dir.to_path_buf()]
+    };
+    let inputs: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
+    files::check_output(out, &inputs, overwrite)
 }
 
 /// What the file says besides its tensors and their padding: the folder's JSON files and
@@ -109,8 +120,8 @@ fn metadata(
     let special = SpecialTokens::add_to(&mut tokenizer.clone(), config)?;
     let path = dir.join(TOKENIZER_CONFIG);
     let tokenizer_config = path
-        .is_file()
-        .then(|| std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e)))
+        .exists()
+        .then(|| crate::files::read_to_string(&path, crate::files::limits::CONFIG_BYTES))
         .transpose()?;
     let string = |s: &str| Value::String(s.to_owned());
     let ids = |ids: &[u32]| Value::Array(ids.iter().map(|&id| Value::U32(id)).collect());
@@ -157,20 +168,23 @@ fn metadata(
 }
 
 /// Writes and syncs one GGUF file, returning its size.
+/// Written beside the target and renamed, so that a failed run never leaves a file that looks
+/// complete.
 fn write_file(
     path: &Path,
+    overwrite: Overwrite,
     metadata: &[(&str, &Value)],
     tensors: &[(&str, &QTensor)],
 ) -> Result<u64> {
-    let file = File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut writer = BufWriter::new(file);
+    let mut out = AtomicFile::create(path, overwrite)?;
+    let mut writer = BufWriter::new(out.file());
     gguf_file::write(&mut writer, metadata, tensors).map_err(|e| Error::Checkpoint {
         path: path.to_path_buf(),
         message: format!("cannot write the GGUF file ({e})"),
     })?;
-    let file = writer
-        .into_inner()
-        .map_err(|e| Error::io(path, e.into_error()))?;
-    file.sync_all().map_err(|e| Error::io(path, e))?;
-    Ok(file.metadata().map_err(|e| Error::io(path, e))?.len())
+    writer.flush().map_err(|e| Error::io(path, e))?;
+    drop(writer);
+    let size = out.file().metadata().map_err(|e| Error::io(path, e))?.len();
+    out.commit()?;
+    Ok(size)
 }

@@ -88,13 +88,13 @@ impl ImpTokenizer {
         let config: TokenizerConfig = read_optional_json(&dir.join(TOKENIZER_CONFIG))?;
         // SentencePiece models carry their own control tokens; the other layouts declare theirs
         // in the JSON files read below.
-        let (mut inner, spm_tokens) = if dir.join(TOKENIZER_JSON).is_file() {
+        let (mut inner, spm_tokens) = if dir.join(TOKENIZER_JSON).exists() {
             let path = dir.join(TOKENIZER_JSON);
             let tokenizer = Tokenizer::from_bytes(read(&path)?).map_err(|e| invalid(&path, e))?;
             (tokenizer, BTreeMap::new())
-        } else if dir.join(VOCAB_JSON).is_file() && dir.join(MERGES_TXT).is_file() {
+        } else if dir.join(VOCAB_JSON).exists() && dir.join(MERGES_TXT).exists() {
             (byte_level_bpe(dir, &config)?, BTreeMap::new())
-        } else if dir.join(SENTENCEPIECE_MODEL).is_file() {
+        } else if dir.join(SENTENCEPIECE_MODEL).exists() {
             let path = dir.join(SENTENCEPIECE_MODEL);
             let model = SentencePieceModel::parse(&read(&path)?)
                 .map_err(|e| invalid(&path, format!("not a SentencePiece model: {e}")))?;
@@ -663,12 +663,12 @@ fn utf8(bytes: &[u8]) -> std::result::Result<String, String> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    crate::files::read(path, crate::files::limits::TOKENIZER_BYTES)
 }
 
 /// A JSON file that may be absent (its default then), but must parse when present.
 fn read_optional_json<T: DeserializeOwned + Default>(path: &Path) -> Result<T> {
-    if !path.is_file() {
+    if !path.exists() {
         return Ok(T::default());
     }
     serde_json::from_slice(&read(path)?).map_err(|e| invalid(path, e))

@@ -7,6 +7,7 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
+use imp::files::Overwrite;
 use imp::quant::{self, Part, Quantization};
 use imp::quantize;
 use imp::{Generation, ImpModel, LoadOptions};
@@ -35,8 +36,14 @@ fn answer(model: &ImpModel, name: &str) -> Generation {
 }
 
 fn write_gguf(name: &str, plan: &Quantization, out: &Path) {
-    quantize::write_gguf(&model_dir(name), plan, out, &mut |_, _, _| {})
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    quantize::write_gguf(
+        &model_dir(name),
+        plan,
+        out,
+        Overwrite::Refuse,
+        &mut |_, _, _| {},
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
 }
 
 /// Quantizing at load and loading the GGUF file give bit-identical answers and weight reports.
@@ -212,6 +219,7 @@ fn a_gguf_file_is_used_as_stored() {
         &file,
         &Quantization::all(GgmlDType::Q4_0),
         &again,
+        Overwrite::Refuse,
         &mut |_, _, _| {},
     )
     .unwrap_err()
@@ -227,9 +235,56 @@ fn a_gguf_file_needs_a_format_for_every_part() {
         &model_dir("imp-v1-3b"),
         &plan,
         &dir.path().join("x.gguf"),
+        Overwrite::Refuse,
         &mut |_, _, _| {},
     )
     .unwrap_err()
     .to_string();
     assert!(err.contains("vision") && err.contains("--quant"), "{err}");
+}
+
+/// `--out` never destroys what is not ours: not a device or FIFO, not a file of the model being
+/// read (even with `--force`), not an existing file without `--force`; a refused run leaves the
+/// target untouched.
+#[test]
+fn quantize_output_is_checked_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    let source = model_dir("imp-v1-3b");
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    let plan = Quantization::all(GgmlDType::Q8_0);
+    let write = |out: &Path, overwrite| {
+        quantize::write_gguf(&model, &plan, out, overwrite, &mut |_, _, _| {})
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let shard = model.join("model.safetensors");
+    let before = std::fs::read(&shard).unwrap();
+    for overwrite in [Overwrite::Refuse, Overwrite::Replace] {
+        let err = write(&shard, overwrite).unwrap_err();
+        assert!(err.contains("is the input"), "{err}");
+    }
+    assert_eq!(
+        std::fs::read(&shard).unwrap(),
+        before,
+        "the shard is intact"
+    );
+
+    let existing = dir.path().join("existing.gguf");
+    std::fs::write(&existing, b"keep me").unwrap();
+    let err = write(&existing, Overwrite::Refuse).unwrap_err();
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
+    write(&existing, Overwrite::Replace).unwrap();
+    assert_ne!(std::fs::read(&existing).unwrap(), b"keep me");
+
+    let err = write(Path::new("/dev/null"), Overwrite::Replace).unwrap_err();
+    assert!(err.contains("a device"), "{err}");
+    let err = write(dir.path(), Overwrite::Replace).unwrap_err();
+    assert!(err.contains("a folder"), "{err}");
+    assert!(!dir.path().join("model.gguf.partial").exists());
 }

@@ -11,6 +11,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use imp::files::{check_output, Overwrite};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -136,7 +137,10 @@ impl AnswerFile {
     /// Opens (or creates) `path`. Answers already there are kept; they must come from
     /// `model_id`, so that two models' answers never mix. An unfinished last line (a run
     /// killed mid-write) is cut off and its question answered again.
-    pub fn open(path: &Path, model_id: &str) -> Result<Self> {
+    pub fn open(path: &Path, model_id: &str, inputs: &[&Path]) -> Result<Self> {
+        // An existing file is resumed, never replaced; it must still be a regular file and
+        // none of the run's inputs.
+        check_output(path, inputs, Overwrite::Replace)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
@@ -251,7 +255,9 @@ impl fmt::Display for Shard {
 
 /// Concatenates shard answer files into `out` (as LLaVA's scripts `cat` them), refusing
 /// malformed lines and questions answered twice. Returns the number of answers written.
-pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<usize> {
+pub fn merge(inputs: &[PathBuf], out: &Path, overwrite: Overwrite) -> Result<usize> {
+    let read: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    check_output(out, &read, overwrite)?;
     if inputs.iter().any(|p| p == out) {
         return Err(Error::InvalidArgument(format!(
             "the merge output {} is also an input",
@@ -277,7 +283,7 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<usize> {
             text.push('\n');
         }
     }
-    std::fs::write(out, text).map_err(|e| Error::io(out, e))?;
+    imp::files::write(out, text.as_bytes(), overwrite)?;
     Ok(seen.len())
 }
 

@@ -10,7 +10,10 @@ use super::error_at;
 use crate::{Error, Result};
 
 pub fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+    Ok(imp::files::read_to_string(
+        path,
+        imp::files::limits::DATA_BYTES,
+    )?)
 }
 
 /// The records of a JSON Lines file with their 1-based line numbers; blank lines are skipped.
@@ -93,7 +96,7 @@ fn element_lines(text: &str) -> Vec<usize> {
 /// The column names of a TSV file (its first line), without reading the rest.
 pub fn tsv_header(path: &Path) -> Result<Vec<String>> {
     use std::io::BufRead;
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = imp::files::open_regular(path)?;
     let mut line = String::new();
     std::io::BufReader::new(file)
         .read_line(&mut line)

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 
+use imp::files::Overwrite;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -167,6 +168,7 @@ pub fn write_submission(
     answers: &[AnswerLine],
     answers_path: &Path,
     out: &Path,
+    overwrite: Overwrite,
 ) -> Result<()> {
     let rows_by_id: HashMap<&QuestionId, usize> = questions
         .iter()
@@ -214,7 +216,8 @@ pub fn write_submission(
     });
     let header_row = columns.iter().map(|c| Some(Cell::Text(c))).collect();
     let sheet = sheet_xml(std::iter::once(header_row).chain(rows));
-    write_xlsx(out, &sheet).map_err(|e| Error::io(out, e))
+    let bytes = xlsx(&sheet).map_err(|e| Error::io(out, e))?;
+    Ok(imp::files::write(out, &bytes, overwrite)?)
 }
 
 enum Cell<'a> {
@@ -278,7 +281,8 @@ fn xml_escape(text: &str) -> String {
     out
 }
 
-fn write_xlsx(path: &Path, sheet: &str) -> std::io::Result<()> {
+/// The workbook's bytes: small enough to build in memory and write in one piece.
+fn xlsx(sheet: &str) -> std::io::Result<Vec<u8>> {
     const CONTENT_TYPES: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"yes\"?>\n\
 <Types xmlns=\"http://schemas.openxmlformats.org/package/2006/content-types\">\
 <Default Extension=\"rels\" ContentType=\"application/vnd.openxmlformats-package.relationships+xml\"/>\
@@ -298,7 +302,7 @@ xmlns:r=\"http://schemas.openxmlformats.org/officeDocument/2006/relationships\">
 <Relationships xmlns=\"http://schemas.openxmlformats.org/package/2006/relationships\">\
 <Relationship Id=\"rId1\" Type=\"http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet\" Target=\"worksheets/sheet1.xml\"/>\
 </Relationships>";
-    let mut zip = zip::ZipWriter::new(std::fs::File::create(path)?);
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     // The workspace's zip build has no deflate; stored entries are valid xlsx parts.
     let options =
         zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
@@ -312,8 +316,7 @@ xmlns:r=\"http://schemas.openxmlformats.org/officeDocument/2006/relationships\">
         zip.start_file(name, options)?;
         zip.write_all(content.as_bytes())?;
     }
-    zip.finish()?;
-    Ok(())
+    Ok(zip.finish()?.into_inner())
 }
 
 #[cfg(test)]

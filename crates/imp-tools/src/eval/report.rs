@@ -206,10 +206,12 @@ impl Comparison {
         image
     }
 
-    pub fn write_chart(&self, path: &Path) -> Result<()> {
+    pub fn write_chart(&self, path: &Path, overwrite: imp::files::Overwrite) -> Result<()> {
+        let mut png = std::io::Cursor::new(Vec::new());
         self.chart()
-            .save(path)
-            .map_err(|e| Error::image(path.display().to_string(), e.to_string()))
+            .write_to(&mut png, image::ImageFormat::Png)
+            .map_err(|e| Error::image(path.display().to_string(), e.to_string()))?;
+        Ok(imp::files::write(path, png.get_ref(), overwrite)?)
     }
 }
 

@@ -65,7 +65,7 @@ pub fn run(
 ) -> Result<Progress> {
     let shard = &questions[options.shard.range(questions.len())];
     check_images(shard, questions_path, images)?;
-    let mut file = AnswerFile::open(out, &options.model_id)?;
+    let mut file = AnswerFile::open(out, &options.model_id, &[questions_path])?;
     let todo: Vec<&Question> = shard.iter().filter(|q| !file.is_done(q)).collect();
     let mut state = Progress {
         done: shard.len() - todo.len(),

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use imp::files::{check_output, Overwrite};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -31,6 +32,8 @@ pub struct ScoreInputs<'a> {
     pub submission: Option<&'a Path>,
     /// Column name in reports; defaults to the answers' `model_id`.
     pub label: Option<String>,
+    /// Whether an existing submission file may be replaced.
+    pub overwrite: Overwrite,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,6 +64,12 @@ pub struct ScoreReport {
 }
 
 pub fn score(inputs: &ScoreInputs) -> Result<ScoreReport> {
+    if let Some(out) = inputs.submission {
+        let mut read: Vec<&Path> = vec![inputs.answers];
+        read.extend(inputs.questions);
+        read.extend(inputs.annotations.iter().map(PathBuf::as_path));
+        check_output(out, &read, inputs.overwrite)?;
+    }
     let answers = read_answers(inputs.answers)?;
     let label = inputs.label.clone().unwrap_or_else(|| {
         answers
@@ -224,6 +233,7 @@ fn score_evalai(
     if let Some(out) = inputs.submission {
         let (q_path, questions) = questions(inputs)?;
         write(
+            inputs,
             out,
             &upload(&questions, q_path, answers, inputs.answers)?.to_string(),
         )?;
@@ -244,7 +254,7 @@ fn score_gqa(inputs: &ScoreInputs, answers: &[AnswerLine], report: &mut ScoreRep
     ];
     report.details = to_value(&s);
     if let Some(out) = inputs.submission {
-        write(out, &gqa::predictions_file(answers).to_string())?;
+        write(inputs, out, &gqa::predictions_file(answers).to_string())?;
         report.notes.push(format!(
             "predictions for GQA's eval.py written to {}",
             out.display()
@@ -290,7 +300,15 @@ fn score_mmbench(
     match inputs.submission {
         Some(out) => {
             let header = tsv_header(q_path)?;
-            mmbench::write_submission(&questions, q_path, &header, answers, inputs.answers, out)?;
+            mmbench::write_submission(
+                &questions,
+                q_path,
+                &header,
+                answers,
+                inputs.answers,
+                out,
+                inputs.overwrite,
+            )?;
             report
                 .notes
                 .push(format!("OpenCompass upload written to {}", out.display()));
@@ -318,7 +336,7 @@ fn score_mmvet(
                 .into(),
         )
     })?;
-    write(out, &mmvet::grader_input(answers))?;
+    write(inputs, out, &mmvet::grader_input(answers))?;
     report.notes.push(format!(
         "grader input written to {}; grade it with MM-Vet's official grader",
         out.display()
@@ -363,8 +381,8 @@ fn one_annotation<'a>(inputs: &ScoreInputs<'a>) -> Result<&'a Path> {
     }
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+fn write(inputs: &ScoreInputs, path: &Path, text: &str) -> Result<()> {
+    Ok(imp::files::write(path, text.as_bytes(), inputs.overwrite)?)
 }
 
 fn to_value(value: &impl Serialize) -> Value {
