@@ -168,6 +168,16 @@ struct SynthArgs {
     seed: u64,
 }
 
+/// `imp serve`, until SIGTERM or Ctrl-C and its grace period.
+fn serve(config: imp_server::ServerConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(imp_server::serve(config));
+    // Generations still running after the grace period were cancelled with their connections;
+    // do not wait on a blocking thread that is slow to notice.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
+}
+
 fn main() -> ExitCode {
     // `RUST_LOG=imp=trace` times every model part and layer as its span closes.
     tracing_subscriber::fmt()
@@ -180,9 +190,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Info(args) => info(args),
         Command::Synth(args) => synth(args),
-        Command::Serve(config) => tokio::runtime::Runtime::new()
-            .map_err(anyhow::Error::from)
-            .and_then(|runtime| runtime.block_on(imp_server::serve(config))),
+        Command::Serve(config) => serve(config),
         Command::Quantize(args) => quantize::quantize(args),
         Command::QuantReport(args) => quantize::report(args),
         Command::Train(command) => train::run(*command),

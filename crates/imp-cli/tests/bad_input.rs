@@ -177,3 +177,16 @@ fn special_files_are_refused_without_reading_or_replacing_them() {
     writer.join().unwrap();
     assert_fails_with(&out, &["/dev/stdin", "is a FIFO"]);
 }
+
+#[test]
+fn errors_carry_no_backtrace() {
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.gguf");
+    // A header that promises tensors and metadata the file does not hold.
+    std::fs::write(&cut, b"GGUF\x03\0\0\0\x01\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\0").unwrap();
+    let backtrace = [("RUST_BACKTRACE", std::path::Path::new("1"))];
+    let out = imp_with_env(&["info", "--model", arg(&cut)], &backtrace);
+    assert_fails_with(&out, &["cut.gguf", "not a readable GGUF file"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.lines().count() <= 2, "a one-line error, got: {err}");
+}

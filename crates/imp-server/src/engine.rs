@@ -62,12 +62,21 @@ impl Engine {
     }
 
     pub fn gauges(&self) -> Gauges {
+        let (disk_cache, disk_cache_bytes) = self.images.disk();
         Gauges {
+            disk_cache,
+            disk_cache_bytes,
             queued: self.queued.load(Ordering::Relaxed),
             running: self.parallel - self.slots.available_permits(),
             idle_sessions: self.pool().idle.len(),
             cached_images: self.images.len(),
         }
+    }
+
+    /// Takes no more generations: queued and new requests are answered 503, those running
+    /// finish.
+    pub fn close(&self) {
+        self.slots.close();
     }
 
     /// Waits for a generation slot (429 when the queue is full) and starts the job on a
@@ -78,7 +87,7 @@ impl Engine {
     ) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
-            Err(TryAcquireError::Closed) => return Err(ApiError::internal("shutting down")),
+            Err(TryAcquireError::Closed) => return Err(ApiError::shutting_down()),
             Err(TryAcquireError::NoPermits) => {
                 if self.queued.fetch_add(1, Ordering::SeqCst) >= self.queue_capacity {
                     self.queued.fetch_sub(1, Ordering::SeqCst);
@@ -89,7 +98,7 @@ impl Engine {
                     .clone()
                     .acquire_owned()
                     .await
-                    .map_err(|_| ApiError::internal("shutting down"))?
+                    .map_err(|_| ApiError::shutting_down())?
             }
         };
         // Unbounded, so that a slow reader never holds up the generation (and its slot): at

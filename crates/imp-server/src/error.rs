@@ -1,6 +1,8 @@
 //! Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with the status
 //! the OpenAI API uses for the same failure, so that clients' error handling works unchanged.
 
+use std::time::Duration;
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -68,6 +70,44 @@ impl ApiError {
         )
         .with_status(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error")
         .with_code("queue_full")
+    }
+
+    /// 408: the client did not send its body within `--body-timeout`.
+    pub fn body_timeout(limit: Duration) -> Self {
+        Self::invalid(
+            format!(
+                "The request body did not arrive within {} s (--body-timeout).",
+                limit.as_secs_f64()
+            ),
+            None,
+        )
+        .with_status(StatusCode::REQUEST_TIMEOUT, "invalid_request_error")
+        .with_code("body_timeout")
+    }
+
+    /// 504: the request (queueing and generation included) ran past `--request-timeout`; its
+    /// generation was stopped.
+    pub fn request_timeout(limit: Duration) -> Self {
+        Self::invalid(
+            format!(
+                "The request took longer than the server's limit of {} s (--request-timeout); \
+                 its generation was stopped.",
+                limit.as_secs_f64()
+            ),
+            None,
+        )
+        .with_status(StatusCode::GATEWAY_TIMEOUT, "server_error")
+        .with_code("request_timeout")
+    }
+
+    /// 503: the server received SIGTERM or Ctrl-C and takes no new generations.
+    pub fn shutting_down() -> Self {
+        Self::invalid(
+            "The server is shutting down; retry on another instance.",
+            None,
+        )
+        .with_status(StatusCode::SERVICE_UNAVAILABLE, "server_error")
+        .with_code("shutting_down")
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

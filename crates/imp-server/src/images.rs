@@ -3,6 +3,7 @@
 //! backed by an optional folder that survives restarts.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
@@ -12,6 +13,7 @@ use base64::Engine as _;
 use candle_core::Tensor;
 use imp::{ImageId, ImpModel};
 
+use crate::disk_cache::DiskCache;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
@@ -42,8 +44,15 @@ impl ImageSources {
     ) -> anyhow::Result<Self> {
         let allow_files = allow_files
             .map(|dir| {
-                dir.canonicalize()
-                    .map_err(|e| anyhow::anyhow!("--allow-files {}: {e}", dir.display()))
+                let canonical = dir
+                    .canonicalize()
+                    .map_err(|e| anyhow::anyhow!("--allow-files {}: {e}", dir.display()))?;
+                anyhow::ensure!(
+                    canonical.is_dir(),
+                    "--allow-files {}: not a folder; name the folder whose images may be read",
+                    dir.display()
+                );
+                Ok(canonical)
             })
             .transpose()?;
         let http = allow_remote
@@ -85,14 +94,7 @@ impl ImageSources {
     }
 
     fn too_large(&self, param: &str) -> ApiError {
-        ApiError::invalid(
-            format!(
-                "The image is larger than the limit of {} bytes.",
-                self.max_bytes
-            ),
-            Some(param),
-        )
-        .with_code("image_too_large")
+        too_large(self.max_bytes, param)
     }
 
     fn data_url(&self, rest: &str, param: &str) -> Result<Vec<u8>, ApiError> {
@@ -134,12 +136,10 @@ impl ImageSources {
             .with_code("file_urls_disabled"));
         };
         let path = percent_decode(path.strip_prefix("localhost").unwrap_or(path));
-        let unreadable = |e: std::io::Error| {
-            ApiError::invalid(format!("Cannot read image file {path}: {e}."), Some(param))
-                .with_code("invalid_image_url")
-        };
         // Canonical paths resolve `..` and symbolic links, so a prefix check is enough.
-        let canonical = tokio::fs::canonicalize(&path).await.map_err(unreadable)?;
+        let canonical = tokio::fs::canonicalize(&path)
+            .await
+            .map_err(|e| unreadable(&path, &e, param))?;
         if !canonical.starts_with(allowed) {
             return Err(ApiError::invalid(
                 format!(
@@ -150,14 +150,11 @@ impl ImageSources {
             .with_status(axum::http::StatusCode::FORBIDDEN, "permission_error")
             .with_code("image_path_forbidden"));
         }
-        let size = tokio::fs::metadata(&canonical)
+        let limit = self.max_bytes;
+        let param = param.to_owned();
+        tokio::task::spawn_blocking(move || read_image_file(&canonical, &path, limit, &param))
             .await
-            .map_err(unreadable)?
-            .len();
-        if size > self.max_bytes as u64 {
-            return Err(self.too_large(param));
-        }
-        tokio::fs::read(&canonical).await.map_err(unreadable)
+            .map_err(|e| ApiError::internal(format!("reading an image file failed: {e}")))?
     }
 
     async fn remote(&self, url: &str, param: &str) -> Result<Vec<u8>, ApiError> {
@@ -196,6 +193,45 @@ impl ImageSources {
     }
 }
 
+fn too_large(limit: usize, param: &str) -> ApiError {
+    ApiError::invalid(
+        format!("The image is larger than the limit of {limit} bytes."),
+        Some(param),
+    )
+    .with_code("image_too_large")
+}
+
+fn unreadable(path: &str, error: &dyn std::fmt::Display, param: &str) -> ApiError {
+    ApiError::invalid(
+        format!("Cannot read image file {path}: {error}."),
+        Some(param),
+    )
+    .with_code("invalid_image_url")
+}
+
+/// At most `limit` bytes of the regular file `canonical` (`path` as the client named it).
+/// Blocking; a FIFO, device or socket is refused without being opened for a blocking read.
+fn read_image_file(
+    canonical: &Path,
+    path: &str,
+    limit: usize,
+    param: &str,
+) -> Result<Vec<u8>, ApiError> {
+    let file = imp::files::open_regular(canonical).map_err(|e| unreadable(path, &e, param))?;
+    if file.metadata().is_ok_and(|m| m.len() > limit as u64) {
+        return Err(too_large(limit, param));
+    }
+    // The size is counted while reading too: the file may grow after the check.
+    let mut bytes = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| unreadable(path, &e, param))?;
+    if bytes.len() > limit {
+        return Err(too_large(limit, param));
+    }
+    Ok(bytes)
+}
+
 /// `%XX` escapes of a file URL's path.
 fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
@@ -223,8 +259,8 @@ fn percent_decode(text: &str) -> String {
 /// Projected rows by image content hash.
 pub struct ImageCache {
     memory: Mutex<Lru>,
-    /// `--cache-dir`/`<model fingerprint>`.
-    disk: Option<PathBuf>,
+    /// In `--cache-dir`/`<model fingerprint>`.
+    disk: Option<DiskCache>,
 }
 
 struct Lru {
@@ -234,23 +270,26 @@ struct Lru {
 }
 
 impl ImageCache {
-    pub fn new(capacity: usize, disk: Option<PathBuf>) -> anyhow::Result<Self> {
-        if let Some(dir) = &disk {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| anyhow::anyhow!("--cache-dir {}: {e}", dir.display()))?;
-        }
-        Ok(Self {
+    pub fn new(capacity: usize, disk: Option<DiskCache>) -> Self {
+        Self {
             memory: Mutex::new(Lru {
                 entries: HashMap::new(),
                 capacity,
                 clock: 0,
             }),
             disk,
-        })
+        }
     }
 
     pub fn len(&self) -> usize {
         self.lock().entries.len()
+    }
+
+    /// Whether the disk tier is in use, and the bytes it holds.
+    pub fn disk(&self) -> (bool, u64) {
+        self.disk
+            .as_ref()
+            .map_or((false, 0), |disk| (disk.enabled(), disk.bytes()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
@@ -290,21 +329,10 @@ impl ImageCache {
         Ok(rows)
     }
 
-    fn path(&self, id: &ImageId) -> Option<PathBuf> {
-        Some(
-            self.disk
-                .as_ref()?
-                .join(format!("{}.safetensors", id.to_hex())),
-        )
-    }
-
     /// A cached file that does not hold rows of the expected shape and dtype is ignored (and
     /// overwritten once recomputed).
     fn load(&self, model: &ImpModel, id: &ImageId) -> Option<Tensor> {
-        let path = self.path(id)?;
-        if !path.exists() {
-            return None;
-        }
+        let path = self.disk.as_ref()?.hit(id)?;
         let rows = candle_core::safetensors::load(&path, model.device())
             .ok()?
             .remove("rows")?;
@@ -312,18 +340,9 @@ impl ImageCache {
         (rows.dims2().ok()? == expected && rows.dtype() == model.decoder().dtype()).then_some(rows)
     }
 
-    /// Best effort: a full disk only costs recomputation later.
     fn store(&self, id: &ImageId, rows: &Tensor) {
-        let Some(path) = self.path(id) else { return };
-        // Write aside and rename, so that a crash never leaves a half-written entry.
-        let temp = path.with_extension(format!("{}.tmp", std::process::id()));
-        let result = rows
-            .save_safetensors("rows", &temp)
-            .map_err(|e| e.to_string())
-            .and_then(|()| std::fs::rename(&temp, &path).map_err(|e| e.to_string()));
-        if let Err(e) = result {
-            tracing::warn!("image cache {}: {e}", path.display());
-            let _ = std::fs::remove_file(&temp);
+        if let Some(disk) = &self.disk {
+            disk.store(id, rows);
         }
     }
 }

@@ -6,15 +6,19 @@
 //! are cached by content hash, and conversation caches are kept so that the next turn only
 //! prefills what is new.
 
+mod disk_cache;
 mod engine;
 mod error;
 mod images;
 mod metrics;
+mod net;
 mod openai;
 mod routes;
 
+use std::future::{Future, IntoFuture};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -23,6 +27,10 @@ use imp::hub::{resolve_model, HubOptions};
 use imp::{ImpModel, LoadOptions};
 
 pub use error::ApiError;
+/// The request side on its own (the fuzz targets drive it): a body checked into a request,
+/// and the image URLs it names turned into bytes.
+pub use images::{ImageBytes, ImageSources};
+pub use openai::{parse_request, ChatRequest, Conversation};
 
 /// Settings of `imp serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -71,9 +79,59 @@ pub struct ServerConfig {
     /// Largest accepted image file, in bytes.
     #[arg(long, default_value_t = 20 << 20)]
     pub max_image_bytes: usize,
-    /// Largest accepted request body, in bytes.
+    /// Bound on the disk image cache of this model (--cache-dir), in bytes; the least
+    /// recently used images are removed first.
+    #[arg(long, requires = "cache_dir")]
+    pub cache_max_bytes: Option<u64>,
+    /// Largest accepted request body, in bytes; a larger Content-Length is answered 413 before
+    /// the body is read.
     #[arg(long, default_value_t = 64 << 20)]
     pub max_body_bytes: usize,
+    /// Seconds a client may take to send a request's headers, from their first byte.
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    pub header_timeout: Duration,
+    /// Seconds a client may take to send a request's body (answered 408 after).
+    #[arg(long, default_value = "30", value_parser = parse_seconds)]
+    pub body_timeout: Duration,
+    /// Seconds a connection may stay silent between requests, or read nothing of a response,
+    /// before it is closed.
+    #[arg(long, default_value = "60", value_parser = parse_seconds)]
+    pub idle_timeout: Duration,
+    /// Seconds a request may take, waiting in the queue and generating included; a longer one
+    /// is answered 504 (a stream that started ends with an error event) and its generation is
+    /// stopped.
+    #[arg(long, default_value = "600", value_parser = parse_seconds)]
+    pub request_timeout: Duration,
+    /// Open connections at most; further clients wait in the listen backlog (not refused)
+    /// until one closes.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Seconds that requests in flight get to finish after SIGTERM or Ctrl-C (queued ones are
+    /// answered 503 at once); connections still open after it are closed.
+    #[arg(long, default_value = "30", value_parser = parse_seconds)]
+    pub grace_period: Duration,
+}
+
+impl ServerConfig {
+    /// Refuses settings that cannot work, before the model is loaded.
+    pub fn check(&self) -> anyhow::Result<()> {
+        // An empty key would be a guard anyone passes by sending `Bearer `.
+        if self.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+            anyhow::bail!("--api-key (or IMP_API_KEY) is empty; give a key, or leave it unset");
+        }
+        if let Some(dir) = &self.allow_files {
+            images::ImageSources::new(Some(dir), false, self.max_image_bytes)?;
+        }
+        Ok(())
+    }
+}
+
+/// A positive number of seconds, fractions allowed.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>().map(Duration::try_from_secs_f64) {
+        Ok(Ok(duration)) if !duration.is_zero() => Ok(duration),
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
 }
 
 fn parse_dtype(text: &str) -> Result<DType, String> {
@@ -85,40 +143,122 @@ fn parse_dtype(text: &str) -> Result<DType, String> {
     }
 }
 
-/// The server's routes for a loaded model; `model_path` is where it was loaded from (it names
-/// the model and keys the on-disk image cache).
+/// A loaded model behind its routes, with the connection limits it is served under.
+pub struct Server {
+    router: Router,
+    engine: Arc<engine::Engine>,
+    timeouts: net::Timeouts,
+    max_connections: usize,
+    grace_period: Duration,
+}
+
+impl Server {
+    /// The server for a loaded model; `model_path` is where it was loaded from (it names the
+    /// model and keys the on-disk image cache). Fails on settings that cannot work.
+    pub fn new(
+        model: Arc<ImpModel>,
+        model_path: &Path,
+        config: &ServerConfig,
+    ) -> anyhow::Result<Self> {
+        config.check()?;
+        let disk = config
+            .cache_dir
+            .as_ref()
+            .map(|dir| {
+                let dir = dir.join(images::model_fingerprint(model_path, &model));
+                disk_cache::DiskCache::open(dir, config.cache_max_bytes)
+            })
+            .transpose()?;
+        let cache = images::ImageCache::new(config.image_cache, disk);
+        let sources = images::ImageSources::new(
+            config.allow_files.as_deref(),
+            config.allow_remote_images,
+            config.max_image_bytes,
+        )?;
+        let engine = Arc::new(engine::Engine::new(
+            model,
+            cache,
+            config.parallel as usize,
+            config.queue,
+            config.sessions,
+        ));
+        let router = routes::router(routes::AppState {
+            engine: Arc::clone(&engine),
+            model_names: model_names(config, model_path),
+            api_key: config.api_key.clone(),
+            sources,
+            max_body_bytes: config.max_body_bytes,
+            body_timeout: config.body_timeout,
+            request_timeout: config.request_timeout,
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        });
+        Ok(Self {
+            router,
+            engine,
+            timeouts: net::Timeouts {
+                header: config.header_timeout,
+                idle: config.idle_timeout,
+            },
+            max_connections: config.max_connections as usize,
+            grace_period: config.grace_period,
+        })
+    }
+
+    /// The routes alone, to be driven in process.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` completes; then takes no new connections nor
+    /// generations (queued requests are answered 503), lets the requests in flight finish for
+    /// up to the grace period, and returns.
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let engine = Arc::clone(&self.engine);
+        tokio::spawn(async move {
+            shutdown.await;
+            engine.close();
+            let _ = stop.send(true);
+        });
+        let signalled = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|&s| s).await;
+        };
+        let listener = net::Limited::new(listener, self.max_connections, self.timeouts);
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<net::Activity>();
+        let served = axum::serve(listener, service)
+            .with_graceful_shutdown(signalled(stopped.clone()))
+            .into_future();
+        let grace = self.grace_period;
+        let grace_over = async move {
+            signalled(stopped).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = served => result?,
+            () = grace_over => eprintln!(
+                "imp serve: the grace period ({} s) is over; closing the connections left",
+                grace.as_secs_f64()
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// The server's routes for a loaded model (see [`Server::new`]).
 pub fn app(
     model: Arc<ImpModel>,
     model_path: &Path,
     config: &ServerConfig,
 ) -> anyhow::Result<Router> {
-    let disk = config
-        .cache_dir
-        .as_ref()
-        .map(|dir| dir.join(images::model_fingerprint(model_path, &model)));
-    let cache = images::ImageCache::new(config.image_cache, disk)?;
-    let sources = images::ImageSources::new(
-        config.allow_files.as_deref(),
-        config.allow_remote_images,
-        config.max_image_bytes,
-    )?;
-    let engine = engine::Engine::new(
-        model,
-        cache,
-        config.parallel as usize,
-        config.queue,
-        config.sessions,
-    );
-    Ok(routes::router(routes::AppState {
-        engine: Arc::new(engine),
-        model_names: model_names(config, model_path),
-        api_key: config.api_key.clone(),
-        sources,
-        max_body_bytes: config.max_body_bytes,
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    }))
+    Ok(Server::new(model, model_path, config)?.router())
 }
 
 /// The names a request's `model` may use; the first is the one `/v1/models` reports.
@@ -139,8 +279,10 @@ fn model_names(config: &ServerConfig, model_path: &Path) -> Vec<String> {
     names
 }
 
-/// Loads the model and serves until Ctrl-C or SIGTERM, then finishes the requests in flight.
+/// Loads the model and serves until Ctrl-C or SIGTERM, then finishes the requests in flight
+/// (see [`Server::run`]).
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    config.check()?;
     let spec = config.model.clone();
     let dtype = config.dtype;
     let lora = config.lora.clone();
@@ -163,7 +305,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         Ok((path, model))
     })
     .await??;
-    let app = app(Arc::new(model), &path, &config)?;
+    let server = Server::new(Arc::new(model), &path, &config)?;
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
         .await
         .with_context(|| format!("listening on {}:{}", config.host, config.port))?;
@@ -172,10 +314,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         model_names(&config, &path)[0],
         listener.local_addr()?
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    Ok(())
+    server.run(listener, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {

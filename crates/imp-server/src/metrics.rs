@@ -35,6 +35,10 @@ pub struct Gauges {
     pub running: usize,
     pub idle_sessions: usize,
     pub cached_images: usize,
+    /// Whether the disk tier of the image cache is in use (off when never configured or after
+    /// a write failed), and the bytes it holds.
+    pub disk_cache: bool,
+    pub disk_cache_bytes: u64,
 }
 
 impl Metrics {
@@ -95,18 +99,33 @@ impl Metrics {
             (
                 "imp_queue_length",
                 "Requests waiting for a generation slot.",
-                gauges.queued,
+                gauges.queued as u64,
             ),
-            ("imp_running", "Generations in progress.", gauges.running),
+            (
+                "imp_running",
+                "Generations in progress.",
+                gauges.running as u64,
+            ),
             (
                 "imp_kv_cache_sessions",
                 "Idle conversation caches kept for reuse.",
-                gauges.idle_sessions,
+                gauges.idle_sessions as u64,
             ),
             (
                 "imp_image_cache_entries",
                 "Projected images held in memory.",
-                gauges.cached_images,
+                gauges.cached_images as u64,
+            ),
+            (
+                "imp_image_cache_disk_enabled",
+                "1 while the disk image cache (--cache-dir) is in use, 0 when off or switched off \
+                 after a write failed.",
+                u64::from(gauges.disk_cache),
+            ),
+            (
+                "imp_image_cache_disk_bytes",
+                "Bytes of projected images held on disk.",
+                gauges.disk_cache_bytes,
             ),
         ] {
             header(&mut out, name, help, "gauge");

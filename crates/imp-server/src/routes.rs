@@ -5,11 +5,10 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, Sse};
@@ -17,14 +16,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use imp::{Generation, GenerationOptions, ImageId, PreparedPrompt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::Instant;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::engine::{Engine, Event, Job};
 use crate::error::ApiError;
 use crate::images::ImageSources;
+use crate::net;
 use crate::openai::{self, ChatRequest};
 
 pub struct AppState {
@@ -33,6 +35,8 @@ pub struct AppState {
     pub api_key: Option<String>,
     pub sources: ImageSources,
     pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+    pub request_timeout: Duration,
     pub created: u64,
 }
 
@@ -49,10 +53,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("internal error while handling the request").into_response()
         }))
+        .layer(middleware::from_fn(net::track))
         .with_state(state)
 }
 
@@ -142,13 +146,13 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     )
 }
 
-async fn chat_completions(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let response = match chat(&state, body).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
+async fn chat_completions(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    // Dropping `chat` at the deadline drops its `CancelOnDrop`, which stops the generation.
+    let deadline = Instant::now() + state.request_timeout;
+    let response = match tokio::time::timeout_at(deadline, chat(&state, request, deadline)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => error.into_response(),
+        Err(_) => ApiError::request_timeout(state.request_timeout).into_response(),
     };
     state.engine.metrics.response(response.status().as_u16());
     response
@@ -164,21 +168,42 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// The request body, within `--max-body-bytes` and `--body-timeout`.
+async fn read_body(state: &AppState, request: Request) -> Result<Bytes, ApiError> {
+    let limit = state.max_body_bytes;
+    let too_large = || {
+        ApiError::too_large(format!(
+            "The request body is larger than the limit of {limit} bytes."
+        ))
+    };
+    // Refused from the header, before any of the body is read (and before `100 Continue`).
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let read = Limited::new(request.into_body(), limit).collect();
+    match tokio::time::timeout(state.body_timeout, read).await {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(ApiError::invalid(
+            format!("Could not read the request body: {e}."),
+            None,
+        )),
+        Err(_) => Err(ApiError::body_timeout(state.body_timeout)),
+    }
+}
+
 async fn chat(
     state: &Arc<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
+    deadline: Instant,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(format!(
-                "The request body is larger than the limit of {} bytes.",
-                state.max_body_bytes
-            ))
-        } else {
-            ApiError::invalid(rejection.body_text(), None)
-        }
-    })?;
+    let body = read_body(state, request).await?;
     let request = openai::parse_request(&body)?;
     if !state.model_names.contains(&request.model) {
         return Err(ApiError::model_not_found(&request.model));
@@ -229,7 +254,7 @@ async fn chat(
         .time_to_first_token(started.elapsed().as_secs_f64());
     let reply = Reply::new(state, request);
     if reply.request.stream {
-        return Ok(reply.stream(first, events, guard));
+        return Ok(reply.stream(first, events, guard, deadline));
     }
     let mut event = first;
     loop {
@@ -256,6 +281,8 @@ struct Reply {
     created: u64,
     model: String,
     engine: Arc<Engine>,
+    /// `--request-timeout`, for the error at the deadline.
+    timeout: Duration,
 }
 
 impl Reply {
@@ -267,6 +294,7 @@ impl Reply {
                 .map_or(0, |d| d.as_secs()),
             model: state.model_names[0].clone(),
             engine: Arc::clone(&state.engine),
+            timeout: state.request_timeout,
             request,
         }
     }
@@ -347,11 +375,13 @@ impl Reply {
         }
     }
 
+    /// The stream ends with an error event at `deadline`.
     fn stream(
         self,
         first: Event,
         events: UnboundedReceiver<Event>,
         guard: CancelOnDrop,
+        deadline: Instant,
     ) -> Response {
         let mut pending = VecDeque::new();
         pending.push_back(self.chunk(
@@ -366,6 +396,7 @@ impl Reply {
             events,
             pending,
             finished,
+            deadline,
             _guard: guard,
         };
         let body = stream::unfold(state, |mut s| async move {
@@ -376,7 +407,10 @@ impl Reply {
                 if s.finished {
                     return None;
                 }
-                let event = next_event(&mut s.events).await;
+                let timeout = s.reply.timeout;
+                let event = tokio::time::timeout_at(s.deadline, next_event(&mut s.events))
+                    .await
+                    .unwrap_or_else(|_| Event::Done(Err(ApiError::request_timeout(timeout))));
                 s.finished = matches!(event, Event::Done(_));
                 s.reply.events(event, &mut s.pending);
             }
@@ -390,5 +424,7 @@ struct StreamState {
     events: UnboundedReceiver<Event>,
     pending: VecDeque<SseEvent>,
     finished: bool,
+    deadline: Instant,
+    /// Set when the stream ends, early or not: a generation still running stops.
     _guard: CancelOnDrop,
 }

@@ -1,11 +1,13 @@
-//! Bad requests get OpenAI-shaped errors with the right status; the API key guards `/v1` routes.
+//! Bad requests get OpenAI-shaped errors with the right status; the API key guards `/v1` routes;
+//! settings that cannot work are refused at start-up.
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use serde_json::{json, Value};
 
 use crate::support::{
-    app, chelsea, data_url, expect_error, get, image_part, post, question, send, MODEL,
+    app, chelsea, data_url, expect_error, get, image_part, image_path, post, question, send,
+    server, MODEL,
 };
 
 #[tokio::test]
@@ -158,4 +160,28 @@ async fn the_api_key_guards_v1_routes_but_not_health() {
         send(&app, get("/health")).await,
         (StatusCode::OK, r#"{"status":"ok"}"#.into())
     );
+}
+
+#[test]
+fn settings_that_cannot_work_are_refused_at_start_up() {
+    let missing = image_path().with_file_name("no such folder");
+    for (args, complaint) in [
+        (vec!["--api-key", ""], "--api-key"),
+        (vec!["--api-key", "  "], "--api-key"),
+        (
+            vec!["--allow-files", image_path().to_str().unwrap()],
+            "not a folder",
+        ),
+        (
+            vec!["--allow-files", missing.to_str().unwrap()],
+            "--allow-files",
+        ),
+        (vec!["--request-timeout", "0"], "positive number of seconds"),
+    ] {
+        let error = server(&args).err().map(|e| format!("{e:#}"));
+        assert!(
+            error.as_ref().is_some_and(|e| e.contains(complaint)),
+            "{args:?}: {error:?}"
+        );
+    }
 }

@@ -1,6 +1,8 @@
 //! Shared by the topics: the fixture model and image, the router for a command line, request
 //! builders, and readers of replies and metrics.
 
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -12,8 +14,10 @@ use base64::Engine as _;
 use clap::Parser;
 use http_body_util::BodyExt;
 use imp::{GenerationOptions, ImpModel, LoadOptions, Prompt, SamplingParams};
-use imp_server::ServerConfig;
+use imp_server::{Server, ServerConfig};
 use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
 pub const MODEL: &str = "imp-v1.5-4b-phi3";
@@ -45,13 +49,110 @@ struct Cli {
     config: ServerConfig,
 }
 
-/// The router for `imp serve --model <fixture> ARGS`.
-pub fn app(args: &[&str]) -> Router {
+/// The server for `imp serve --model <fixture> ARGS`, or why it refuses to start.
+pub fn server(args: &[&str]) -> anyhow::Result<Server> {
     let dir = model_dir();
     let mut argv = vec!["imp-serve", "--model", dir.to_str().unwrap()];
     argv.extend_from_slice(args);
-    let config = Cli::parse_from(argv).config;
-    imp_server::app(model(), &dir, &config).unwrap()
+    let config = Cli::try_parse_from(argv)?.config;
+    Server::new(model(), &dir, &config)
+}
+
+/// The router for `imp serve --model <fixture> ARGS`.
+pub fn app(args: &[&str]) -> Router {
+    server(args).unwrap().router()
+}
+
+/// `imp serve --model <fixture> ARGS` on a free loopback port.
+pub struct Served {
+    pub address: SocketAddr,
+    /// The same server's routes, to read its metrics in process.
+    pub app: Router,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Served {
+    pub async fn start(args: &[&str]) -> Self {
+        let server = server(args).unwrap();
+        let app = server.router();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(server.run(listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            address,
+            app,
+            stop,
+            task,
+        }
+    }
+
+    /// A client connection; its reads give up after 20 s, so that a server that never answers
+    /// fails the test instead of hanging it.
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream
+    }
+
+    /// Signals shutdown (as SIGTERM does) and waits for the server to return.
+    pub async fn shut_down(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await.unwrap()
+    }
+}
+
+/// Runs blocking client code (raw sockets) off the async threads.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+/// Reads one HTTP response from `stream`: its status and body (delimited by Content-Length).
+pub fn read_response(stream: &mut TcpStream) -> (u16, String) {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).expect("a response");
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&bytes));
+        bytes.push(byte[0]);
+    }
+    let head = String::from_utf8(bytes).unwrap();
+    let status = head[9..12].parse().unwrap();
+    let length = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+/// The server closes `stream` (end of file or reset) before its 20 s read timeout.
+pub fn assert_closed(stream: &mut TcpStream) {
+    let mut buffer = [0u8; 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("the connection stayed open: {e}"),
+        }
+    }
+}
+
+/// The JSON error in an HTTP response body, checked to have this code.
+pub fn assert_error_code(body: &str, code: &str) {
+    let body: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    assert_eq!(body["error"]["code"], code, "{body}");
 }
 
 pub fn data_url(bytes: &[u8]) -> String {
@@ -181,7 +282,22 @@ pub async fn expect_error(
     assert_eq!(error["param"], param, "{body}");
 }
 
-/// A request that runs until cancelled (the tiny model's context allows about 2500 tokens).
+/// The body of a request that runs until cancelled (the tiny model's context allows about
+/// 2500 tokens).
+pub fn long_body(stream: bool) -> String {
+    question(&chelsea(), json!({"max_tokens": 100_000, "stream": stream})).to_string()
+}
+
 pub fn long_request(stream: bool) -> Request<Body> {
-    post(question(&chelsea(), json!({"max_tokens": 100_000, "stream": stream})).to_string())
+    post(long_body(stream))
+}
+
+/// A raw HTTP/1.1 chat completions request with this body.
+pub fn raw_post(body: &str) -> Vec<u8> {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: imp\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }

@@ -83,7 +83,7 @@ pub fn read(path: &Path) -> Result<Vec<Sample>> {
 pub fn read_limited(path: &Path, max_bytes: u64) -> Result<Vec<Sample>> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     };
     // Refuses a FIFO or device without blocking on it.
     let file = imp::files::open_regular(path)?;

@@ -82,7 +82,7 @@ pub fn export_reference(options: &TrainOptions, gpus: usize, out: &Path) -> Resu
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.to_path_buf();
-    move |source| Error::Io { path, source }
+    move |error| Error::Io { path, error }
 }
 
 fn script(options: &TrainOptions, config: &ImpConfig, gpus: usize) -> String {

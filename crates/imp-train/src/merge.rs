@@ -65,7 +65,7 @@ pub fn merge(base: &Path, adapter: &Adapter, out: &Path) -> Result<MergeReport> 
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.to_path_buf();
-    move |source| Error::Io { path, source }
+    move |error| Error::Io { path, error }
 }
 
 fn write_merged(base: &Path, adapter: &Adapter, out: &Path) -> Result<MergeReport> {
@@ -171,10 +171,10 @@ fn merge_shard(
     let partial = target.with_extension("safetensors.partial");
     safetensors::serialize_to_file(&merged, Some(metadata), &partial).map_err(|e| Error::Io {
         path: partial.clone(),
-        source: std::io::Error::other(e.to_string()),
+        error: std::io::Error::other(e.to_string()),
     })?;
-    fs::rename(&partial, target).map_err(|source| Error::Io {
+    fs::rename(&partial, target).map_err(|error| Error::Io {
         path: target.to_path_buf(),
-        source,
+        error,
     })
 }

@@ -727,7 +727,7 @@ fn check_options(options: &TrainOptions) -> Result<()> {
 fn io_error(path: &Path, source: std::io::Error) -> Error {
     Error::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     }
 }
 

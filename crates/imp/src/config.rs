@@ -278,7 +278,7 @@ impl ImpConfig {
             }
         }
         let style = NamingStyle::detect(checkpoint, &model_type)?;
-        let mut decoder = decoder_config(&json, family)?;
+        let decoder = decoder_config(&json, family)?;
         let embed_shape = checkpoint.shape(&style.decoder().embed_tokens)?;
         if embed_shape.len() != 2 || embed_shape[1] != decoder.hidden_size {
             return Err(Error::tensor(
@@ -289,8 +289,22 @@ impl ImpConfig {
                 ),
             ));
         }
-        // The stored table is the truth; configs of some releases round vocab_size differently.
-        decoder.vocab_size = embed_shape[0];
+        let stored_vocab = embed_shape[0];
+        if decoder.vocab_size != stored_vocab {
+            return Err(json.error(format!(
+                "vocab_size {} does not match the {stored_vocab} rows of the stored `{}`",
+                decoder.vocab_size,
+                style.decoder().embed_tokens
+            )));
+        }
+        let stored_layers = style.count_decoder_layers(checkpoint)?;
+        if decoder.num_layers != stored_layers {
+            return Err(json.error(format!(
+                "{} {} does not match the {stored_layers} decoder layers stored",
+                json.key_of(LAYER_KEYS),
+                decoder.num_layers
+            )));
+        }
 
         let (vision, vision_source) = vision_config(files, &json, checkpoint, style)?;
         if let Some(mm_hidden) = json.opt_usize(&["mm_hidden_size"])? {
@@ -307,9 +321,16 @@ impl ImpConfig {
         let aspect =
             AspectMode::from_config(json.opt_str("image_aspect_ratio")?.unwrap_or("square"))
                 .map_err(|e| Error::config(&path, e.to_string()))?;
-        let max_context = match json.opt_usize(&["tokenizer_model_max_length"])? {
-            Some(n) => n,
-            None => json.usize(&["max_position_embeddings", "n_positions"])?,
+        // Imp truncates to the tokenizer's limit when the config sets one.
+        let positions = &["max_position_embeddings", "n_positions"];
+        let max_context = match json.has("tokenizer_model_max_length") {
+            true => {
+                if json.has(positions[0]) || json.has(positions[1]) {
+                    json.positive(positions)?;
+                }
+                json.positive(&["tokenizer_model_max_length"])?
+            }
+            false => json.positive(positions)?,
         };
         let mut eos_token_ids = json.ids("eos_token_id")?;
         if let Some(text) = &files.generation {
@@ -342,7 +363,7 @@ fn decoder_config(json: &Json, family: Family) -> Result<DecoderConfig> {
     let num_kv_heads = json
         .opt_usize(&["num_key_value_heads", "n_head_kv"])?
         .unwrap_or(num_heads);
-    let num_layers = json.usize(&["num_hidden_layers", "n_layer"])?;
+    let num_layers = json.usize(LAYER_KEYS)?;
     let intermediate_size = if msft {
         json.opt_usize(&["n_inner"])?.unwrap_or(4 * hidden_size)
     } else {
@@ -386,13 +407,21 @@ fn decoder_config(json: &Json, family: Family) -> Result<DecoderConfig> {
         Family::Qwen2 => json.opt_f64(&["rms_norm_eps"])?.unwrap_or(1e-6),
         Family::Phi3 => json.opt_f64(&["rms_norm_eps"])?.unwrap_or(1e-5),
     };
+    check_activation(json, family)?;
+    let rope_theta = json.opt_f64(&["rope_theta"])?.unwrap_or(10_000.0);
+    if !(rope_theta.is_finite() && rope_theta > 0.0) {
+        return Err(json.error(format!("rope_theta {rope_theta} must be positive")));
+    }
+    if !(norm_eps.is_finite() && norm_eps > 0.0 && norm_eps < 1.0) {
+        return Err(json.error(format!("norm epsilon {norm_eps} must be in (0, 1)")));
+    }
     let residual_dropout = json.opt_f64(&["resid_pdrop"])?.unwrap_or(0.0);
     if !(0.0..1.0).contains(&residual_dropout) {
         return Err(json.error(format!("resid_pdrop {residual_dropout} must be in [0, 1)")));
     }
     Ok(DecoderConfig {
         family,
-        vocab_size: json.usize(&["vocab_size"])?,
+        vocab_size: json.positive(&["vocab_size"])?,
         hidden_size,
         intermediate_size,
         num_layers,
@@ -400,10 +429,32 @@ fn decoder_config(json: &Json, family: Family) -> Result<DecoderConfig> {
         num_kv_heads,
         head_dim,
         rotary_dim,
-        rope_theta: json.opt_f64(&["rope_theta"])?.unwrap_or(10_000.0),
+        rope_theta,
         norm_eps,
         residual_dropout,
     })
+}
+
+/// Keys of the decoder's layer count (transformers', Microsoft's Phi-2).
+const LAYER_KEYS: &[&str] = &["num_hidden_layers", "n_layer"];
+
+/// The decoder's activation, when declared, must be the one the family's MLP computes.
+fn check_activation(json: &Json, family: Family) -> Result<()> {
+    let Some((key, value)) = json.find(&["hidden_act", "activation_function"]) else {
+        return Ok(());
+    };
+    let supported: &[&str] = match family.mlp() {
+        Mlp::Gelu => &["gelu_new", "gelu_pytorch_tanh"],
+        Mlp::SwiGlu => &["silu", "swish"],
+    };
+    match value.as_str() {
+        Some(act) if supported.contains(&act) => Ok(()),
+        _ => Err(json.error(format!(
+            "{key} {value} is not supported for {}: expected `{}`",
+            family.label(),
+            supported.join("` or `")
+        ))),
+    }
 }
 
 /// SigLIP settings: heads and epsilon from `vision_tower_config`, else a `siglip*/config.json`
@@ -416,11 +467,15 @@ fn vision_config(
 ) -> Result<(VisionConfig, String)> {
     let mut config = VisionConfig::so400m();
     let (declared, source) = declared_vision(files, json)?;
-    let declared_image_size = match &declared {
-        Some(declared) => apply_declared_vision(&mut config, declared)?,
+    if let Some(declared) = &declared {
+        apply_declared_vision(&mut config, declared)?;
+    }
+    vision_sizes_from_tensors(&mut config, checkpoint, style)?;
+    let declared_layers = match &declared {
+        Some(declared) => check_declared_vision(&mut config, declared)?,
         None => None,
     };
-    vision_sizes_from_tensors(&mut config, checkpoint, style, declared_image_size)?;
+    check_select_layer(json, &config, declared_layers)?;
     let hidden = config.hidden_size;
     if config.num_heads == 0 || !hidden.is_multiple_of(config.num_heads) {
         return Err(Error::config(
@@ -459,8 +514,8 @@ fn declared_vision(files: &ConfigFiles, json: &Json) -> Result<(Option<Json>, St
     }
 }
 
-/// Takes heads, epsilon and activation from a declared config; returns its image size.
-fn apply_declared_vision(config: &mut VisionConfig, declared: &Json) -> Result<Option<usize>> {
+/// Takes heads, epsilon and activation from a declared config.
+fn apply_declared_vision(config: &mut VisionConfig, declared: &Json) -> Result<()> {
     if let Some(heads) = declared.opt_usize(&["num_attention_heads"])? {
         config.num_heads = heads;
     }
@@ -474,7 +529,89 @@ fn apply_declared_vision(config: &mut VisionConfig, declared: &Json) -> Result<O
             )));
         }
     }
-    declared.opt_usize(&["image_size"])
+    if !(config.layer_norm_eps.is_finite() && config.layer_norm_eps > 0.0) {
+        return Err(declared.error(format!(
+            "vision layer_norm_eps {} must be positive",
+            config.layer_norm_eps
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the sizes a declared vision config states against the stored tensors, and takes its
+/// image size (the stride-14 convolution of so400m-384 drops 6 pixels, so the grid alone
+/// cannot tell it). Returns the declared layer count: the whole tower, before Imp drops layers.
+fn check_declared_vision(config: &mut VisionConfig, declared: &Json) -> Result<Option<usize>> {
+    let stored = [
+        ("hidden_size", config.hidden_size),
+        ("intermediate_size", config.intermediate_size),
+        ("patch_size", config.patch_size),
+    ];
+    for (key, stored) in stored {
+        match declared.opt_usize(&[key])? {
+            Some(value) if value != stored => {
+                return Err(declared.error(format!(
+                    "vision {key} {value} does not match the stored tensors ({stored})"
+                )))
+            }
+            _ => {}
+        }
+    }
+    if let Some(size) = declared.opt_usize(&["image_size"])? {
+        let grid = config.position_grid;
+        if size / config.patch_size != grid {
+            return Err(declared.error(format!(
+                "vision image_size {size} gives a {0}x{0} patch grid, but the stored position \
+                 table is {grid}x{grid} ({1} px with {2} px patches)",
+                size / config.patch_size,
+                grid * config.patch_size,
+                config.patch_size
+            )));
+        }
+        config.image_size = size;
+    }
+    let stored = config.num_layers;
+    let layers = declared.opt_usize(&["num_hidden_layers"])?;
+    match layers {
+        Some(n) if n != stored && n != stored + 1 => Err(declared.error(format!(
+            "vision num_hidden_layers {n} does not match the {stored} layers stored (a tower \
+             of {stored}, or of {} with its last layer dropped as Imp does)",
+            stored + 1
+        ))),
+        _ => Ok(layers),
+    }
+}
+
+/// `mm_vision_select_layer` must pick the output of the last stored layer: Imp keeps the layers
+/// up to the one it selects. Without a declared tower, the released convention (one layer
+/// dropped, select -2) is assumed.
+fn check_select_layer(
+    json: &Json,
+    config: &VisionConfig,
+    declared_layers: Option<usize>,
+) -> Result<()> {
+    let Some(value) = json
+        .value
+        .get("mm_vision_select_layer")
+        .filter(|v| !v.is_null())
+    else {
+        return Ok(());
+    };
+    let stored = config.num_layers;
+    let tower = declared_layers.unwrap_or(stored + 1);
+    // hidden_states has the embeddings first, then one entry per layer of the tower.
+    let selected = value
+        .as_i64()
+        .map(|n| if n < 0 { tower as i64 + 1 + n } else { n });
+    if selected != Some(stored as i64) {
+        return Err(json.error(format!(
+            "mm_vision_select_layer {value} selects {} of a {tower}-layer tower, but the \
+             checkpoint stores {stored} vision layers (select {} for their output)",
+            selected.map_or("nothing".into(), |n| format!("hidden state {n}")),
+            stored as i64 - tower as i64 - 1
+        )));
+    }
+    Ok(())
 }
 
 /// Width, patch size, position grid, layer count and MLP width, read from the stored tensors.
@@ -482,7 +619,6 @@ fn vision_sizes_from_tensors(
     config: &mut VisionConfig,
     checkpoint: &dyn TensorShapes,
     style: NamingStyle,
-    declared_image_size: Option<usize>,
 ) -> Result<()> {
     let names = style.vision_embeddings();
     let patch = checkpoint.shape(&names.patch_weight)?;
@@ -501,24 +637,29 @@ fn vision_sizes_from_tensors(
     config.hidden_size = hidden;
     config.patch_size = kh;
     let positions = checkpoint.shape(&names.position)?;
-    let rows = positions[0];
+    let rows = positions.first().copied().unwrap_or(0);
     let grid = (rows as f64).sqrt().round() as usize;
-    if grid * grid != rows {
+    if rows == 0 || grid * grid != rows {
         return Err(Error::tensor(
             &names.position,
             format!("has {rows} rows, not a square grid of patches"),
         ));
     }
-    // so400m-384 resizes to 384 px and its stride-14 convolution drops the last 6: the grid
-    // alone cannot tell the resize target, so keep the declared size when it yields this grid.
     config.position_grid = grid;
-    config.image_size = match declared_image_size.unwrap_or(config.image_size) {
-        size if size / config.patch_size == grid => size,
-        _ => grid * config.patch_size,
-    };
+    // so400m's 384 px when it yields this grid; a declared size is checked later.
+    if config.image_size / config.patch_size != grid {
+        config.image_size = grid * config.patch_size;
+    }
     config.num_layers = style.count_vision_layers(checkpoint)?;
-    let fc1 = checkpoint.shape(style.vision_layer(0).fc1.weight.names()[0])?;
-    config.intermediate_size = fc1[0];
+    let fc1_name = style.vision_layer(0).fc1.weight.names()[0].to_owned();
+    let fc1 = checkpoint.shape(&fc1_name)?;
+    let [intermediate, _] = fc1[..] else {
+        return Err(Error::tensor(
+            fc1_name,
+            format!("has shape {fc1:?}, expected 2 dimensions"),
+        ));
+    };
+    config.intermediate_size = intermediate;
     Ok(())
 }
 
@@ -582,6 +723,22 @@ impl Json {
                 })
             })
             .transpose()
+    }
+
+    /// A count that must be at least 1.
+    fn positive(&self, keys: &[&str]) -> Result<usize> {
+        match self.usize(keys)? {
+            0 => Err(self.error(format!(
+                "key `{}` must be at least 1, found 0",
+                self.key_of(keys)
+            ))),
+            n => Ok(n),
+        }
+    }
+
+    /// The first of `keys` present, for messages (the first key when none is).
+    fn key_of<'k>(&self, keys: &[&'k str]) -> &'k str {
+        self.find(keys).map_or(keys[0], |(key, _)| key)
     }
 
     fn usize(&self, keys: &[&str]) -> Result<usize> {

@@ -7,10 +7,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
+    /// The message includes the I/O error, which is therefore not also its `source`.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     #[error("config {}: {message}", path.display())]
@@ -45,12 +46,18 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    #[error(
+        "the model computed non-finite logits (NaN or infinity): its weights hold NaN or \
+         infinite values, or a value overflowed the compute dtype (try --dtype f32)"
+    )]
+    NonFiniteLogits,
+
     /// [`crate::GenerationOptions::cancel`] was set.
     #[error("generation cancelled")]
     Cancelled,
 
     #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
 
     #[error(transparent)]
     Kernels(#[from] imp_kernels::Error),
@@ -60,7 +67,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 
@@ -83,5 +90,29 @@ impl Error {
             source_name: source_name.into(),
             message: message.into(),
         }
+    }
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(error: candle_core::Error) -> Self {
+        Self::Candle(without_backtrace(error))
+    }
+}
+
+/// candle captures a backtrace into its errors when `RUST_BACKTRACE` is set and prints it with
+/// the message; users get the message alone.
+pub(crate) fn without_backtrace(error: candle_core::Error) -> candle_core::Error {
+    use candle_core::Error as E;
+    match error {
+        E::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        E::Context { inner, context } => E::Context {
+            inner: Box::new(without_backtrace(*inner)),
+            context,
+        },
+        E::WithPath { inner, path } => E::WithPath {
+            inner: Box::new(without_backtrace(*inner)),
+            path,
+        },
+        other => other,
     }
 }

@@ -218,7 +218,7 @@ impl NamingStyle {
     pub fn decoder_layer(self, index: usize) -> DecoderLayerNames {
         match self {
             Self::PhiMsft => {
-                let p = format!("transformer.h.{index}");
+                let p = format!("{}{index}", self.decoder_layer_prefix());
                 DecoderLayerNames {
                     attn_norm: layer_norm(&format!("{p}.ln")),
                     mlp_norm: None,
@@ -229,7 +229,7 @@ impl NamingStyle {
                 }
             }
             Self::PhiHf => {
-                let p = format!("model.layers.{index}");
+                let p = format!("{}{index}", self.decoder_layer_prefix());
                 DecoderLayerNames {
                     attn_norm: layer_norm(&format!("{p}.input_layernorm")),
                     mlp_norm: None,
@@ -244,7 +244,7 @@ impl NamingStyle {
                 }
             }
             Self::Qwen2 => {
-                let p = format!("model.layers.{index}");
+                let p = format!("{}{index}", self.decoder_layer_prefix());
                 DecoderLayerNames {
                     attn_norm: rms_norm(&format!("{p}.input_layernorm")),
                     mlp_norm: Some(rms_norm(&format!("{p}.post_attention_layernorm"))),
@@ -259,7 +259,7 @@ impl NamingStyle {
                 }
             }
             Self::Phi3 => {
-                let p = format!("model.layers.{index}");
+                let p = format!("{}{index}", self.decoder_layer_prefix());
                 DecoderLayerNames {
                     attn_norm: rms_norm(&format!("{p}.input_layernorm")),
                     mlp_norm: Some(rms_norm(&format!("{p}.post_attention_layernorm"))),
@@ -309,27 +309,19 @@ impl NamingStyle {
     /// Number of stored vision encoder layers (26 in the released models), which must be
     /// numbered 0..n without gaps.
     pub fn count_vision_layers(self, checkpoint: &dyn TensorShapes) -> Result<usize> {
-        let prefix = self.vision_layer_prefix();
-        let mut indices: Vec<usize> = checkpoint
-            .tensor_names()
-            .filter_map(|name| name.strip_prefix(&prefix))
-            .filter_map(|rest| rest.split('.').next()?.parse().ok())
-            .collect();
-        indices.sort_unstable();
-        indices.dedup();
-        if let Some((expected, found)) = indices.iter().enumerate().find(|(i, n)| *i != **n) {
-            return Err(Error::tensor(
-                format!("{prefix}{expected}.*"),
-                format!("missing: vision layers are numbered with a gap (found layer {found})"),
-            ));
+        count_layers(checkpoint, &self.vision_layer_prefix(), "vision encoder")
+    }
+
+    /// Number of stored decoder layers, numbered 0..n without gaps.
+    pub fn count_decoder_layers(self, checkpoint: &dyn TensorShapes) -> Result<usize> {
+        count_layers(checkpoint, self.decoder_layer_prefix(), "decoder")
+    }
+
+    fn decoder_layer_prefix(self) -> &'static str {
+        match self {
+            Self::PhiMsft => "transformer.h.",
+            Self::PhiHf | Self::Qwen2 | Self::Phi3 => "model.layers.",
         }
-        if indices.is_empty() {
-            return Err(Error::tensor(
-                format!("{prefix}0.*"),
-                "missing: the checkpoint stores no vision encoder layers",
-            ));
-        }
-        Ok(indices.len())
     }
 
     pub fn projector_prefix(self) -> String {
@@ -378,4 +370,28 @@ impl NamingStyle {
             fc2: linear(&format!("{p}2"), true),
         }
     }
+}
+
+/// Layers stored under `prefix` (`<prefix><index>.`), which must be numbered 0..n.
+fn count_layers(checkpoint: &dyn TensorShapes, prefix: &str, what: &str) -> Result<usize> {
+    let mut indices: Vec<usize> = checkpoint
+        .tensor_names()
+        .filter_map(|name| name.strip_prefix(prefix))
+        .filter_map(|rest| rest.split('.').next()?.parse().ok())
+        .collect();
+    indices.sort_unstable();
+    indices.dedup();
+    if let Some((expected, found)) = indices.iter().enumerate().find(|(i, n)| *i != **n) {
+        return Err(Error::tensor(
+            format!("{prefix}{expected}.*"),
+            format!("missing: {what} layers are numbered with a gap (found layer {found})"),
+        ));
+    }
+    if indices.is_empty() {
+        return Err(Error::tensor(
+            format!("{prefix}0.*"),
+            format!("missing: the checkpoint stores no {what} layers"),
+        ));
+    }
+    Ok(indices.len())
 }

@@ -90,7 +90,7 @@ impl ImpTokenizer {
         // in the JSON files read below.
         let (mut inner, spm_tokens) = if dir.join(TOKENIZER_JSON).exists() {
             let path = dir.join(TOKENIZER_JSON);
-            let tokenizer = Tokenizer::from_bytes(read(&path)?).map_err(|e| invalid(&path, e))?;
+            let tokenizer = parse_tokenizer_json(&read(&path)?).map_err(|e| invalid(&path, e))?;
             (tokenizer, BTreeMap::new())
         } else if dir.join(VOCAB_JSON).exists() && dir.join(MERGES_TXT).exists() {
             (byte_level_bpe(dir, &config)?, BTreeMap::new())
@@ -129,8 +129,7 @@ impl ImpTokenizer {
     /// The tokenizer [`to_json`](Self::to_json) wrote, with the folder's `tokenizer_config.json`
     /// text for the decoding settings.
     pub fn from_json(json: &str, tokenizer_config: Option<&str>) -> Result<Self> {
-        let mut inner: Tokenizer = json
-            .parse()
+        let mut inner = parse_tokenizer_json(json.as_bytes())
             .map_err(|e| Error::Tokenizer(format!("invalid tokenizer JSON: {e}")))?;
         never_truncate_or_pad(&mut inner)?;
         let config: TokenizerConfig = tokenizer_config
@@ -660,6 +659,17 @@ fn take<'a>(buf: &mut &'a [u8], len: usize) -> std::result::Result<&'a [u8], Str
 
 fn utf8(bytes: &[u8]) -> std::result::Result<String, String> {
     String::from_utf8(bytes.to_vec()).map_err(|e| e.to_string())
+}
+
+/// A `tokenizer.json` document. tokenizers 0.23 panics (an `expect` in its decoder and
+/// normaliser deserializers) on some malformed documents, a syntax error or a lone surrogate
+/// escape inside `decoder` among them (found by fuzzing): the document is parsed as plain JSON
+/// first, and a panic left is turned into an error.
+fn parse_tokenizer_json(bytes: &[u8]) -> std::result::Result<Tokenizer, String> {
+    serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| e.to_string())?;
+    std::panic::catch_unwind(|| Tokenizer::from_bytes(bytes))
+        .map_err(|_| "the tokenizers library cannot read this document".to_owned())?
+        .map_err(|e| e.to_string())
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {

@@ -67,7 +67,112 @@ struct Breakage {
     mentions: &'static [&'static str],
 }
 
-const BROKEN_CHECKPOINTS: [Breakage; 12] = [
+/// Sets `key` of config.json (`vision_tower_config.key` for the vision part) to JSON `value`.
+fn set_config(dir: &Path, key: &str, value: &str) {
+    let value: serde_json::Value = serde_json::from_str(value).unwrap();
+    edit_config(dir, |c| match key.strip_prefix("vision_tower_config.") {
+        Some(key) => {
+            c["vision_tower_config"][key] = value;
+        }
+        None => {
+            c.insert(key.into(), value);
+        }
+    })
+}
+
+/// Configs that contradict the weights or hold impossible values (the fixture stores 2 decoder
+/// layers, 51200 vocabulary rows, and 2 vision layers of a 3-layer tower on a 4x4 grid of 14 px
+/// patches): `(key, value, what the error must mention)`.
+const LYING_CONFIGS: [(&str, &str, &[&str]); 16] = [
+    ("vocab_size", "0", &["`vocab_size` must be at least 1"]),
+    ("vocab_size", "51201", &["vocab_size 51201", "51200 rows"]),
+    (
+        "num_hidden_layers",
+        "3",
+        &["num_hidden_layers 3", "2 decoder layers"],
+    ),
+    (
+        "num_hidden_layers",
+        "1",
+        &["num_hidden_layers 1", "2 decoder layers"],
+    ),
+    ("rope_theta", "0", &["rope_theta 0"]),
+    (
+        "hidden_act",
+        "\"banana\"",
+        &["hidden_act \"banana\"", "gelu_new"],
+    ),
+    (
+        "max_position_embeddings",
+        "0",
+        &["`max_position_embeddings` must be at least 1"],
+    ),
+    ("layer_norm_eps", "0", &["norm epsilon 0"]),
+    (
+        "mm_vision_select_layer",
+        "100",
+        &["mm_vision_select_layer 100", "2 vision layers"],
+    ),
+    (
+        "mm_vision_select_layer",
+        "-1",
+        &["mm_vision_select_layer -1", "select -2"],
+    ),
+    (
+        "vision_tower_config.image_size",
+        "0",
+        &["image_size 0", "4x4"],
+    ),
+    (
+        "vision_tower_config.image_size",
+        "100000",
+        &["image_size 100000", "4x4"],
+    ),
+    (
+        "vision_tower_config.patch_size",
+        "0",
+        &["patch_size 0", "(14)"],
+    ),
+    (
+        "vision_tower_config.num_hidden_layers",
+        "1e9",
+        &["num_hidden_layers", "integer"],
+    ),
+    (
+        "vision_tower_config.num_hidden_layers",
+        "9",
+        &["num_hidden_layers 9", "2 layers"],
+    ),
+    (
+        "vision_tower_config.hidden_size",
+        "64",
+        &["hidden_size 64", "(32)"],
+    ),
+];
+
+#[test]
+fn configs_that_contradict_the_weights_are_refused() {
+    for (key, value, mentions) in LYING_CONFIGS {
+        let dir = copy_model(MODEL);
+        set_config(dir.path(), key, value);
+        let message = load_err(dir.path(), &LoadOptions::default());
+        assert_contains(&format!("{key} = {value}"), &message, mentions);
+    }
+}
+
+#[test]
+fn non_finite_weights_stop_generation_with_an_error() {
+    let dir = copy_model(MODEL);
+    edit_weights(dir.path(), |t| {
+        let shape = t[FC2].shape().clone();
+        let nan = Tensor::full(f32::NAN, shape, &Device::Cpu).unwrap();
+        t.insert(FC2.into(), nan.to_dtype(t[FC2].dtype()).unwrap());
+    });
+    let message = generate_err(dir.path(), Prompt::Raw("Hello".into()), &[]);
+    assert_contains("NaN weights", &message, &["non-finite logits"]);
+}
+
+const BROKEN_CHECKPOINTS: [Breakage; 13] = [
     Breakage {
         name: "missing config",
         model: MODEL,
@@ -175,6 +280,20 @@ const BROKEN_CHECKPOINTS: [Breakage; 12] = [
         model: "imp-v1.5-3b-phi2",
         breaks: |dir| std::fs::remove_file(dir.join("model-00002-of-00003.safetensors")).unwrap(),
         mentions: &["model-00002-of-00003.safetensors", "missing"],
+    },
+    Breakage {
+        name: "index naming a file outside the folder",
+        model: "imp-v1.5-3b-phi2",
+        breaks: |dir| {
+            let index = dir.join("model.safetensors.index.json");
+            let text = std::fs::read_to_string(&index).unwrap();
+            let text = text.replace("model-00001-of", "../model-00001-of");
+            std::fs::write(index, text).unwrap();
+        },
+        mentions: &[
+            "../model-00001-of-00003.safetensors",
+            "not a file name inside",
+        ],
     },
 ];
 

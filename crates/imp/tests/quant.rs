@@ -181,6 +181,90 @@ fn gguf_from_another_program_is_refused() {
     }
 }
 
+/// A file of two Q8_0 tensors `first` and `second`, both [4, 32], as candle writes it, and
+/// where each one's table entry continues after its name: dimension count, two dimensions,
+/// type, data offset.
+fn two_tensor_gguf(metadata: &[(&str, &Value)]) -> (Vec<u8>, [usize; 2]) {
+    let weight = QTensor::quantize(
+        &Tensor::ones((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        GgmlDType::Q8_0,
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    let version = Value::U32(1);
+    let metadata: Vec<_> = [("imp.format_version", &version)]
+        .into_iter()
+        .chain(metadata.iter().copied())
+        .collect();
+    gguf_file::write(
+        &mut std::io::Cursor::new(&mut bytes),
+        &metadata,
+        &[("first", &weight), ("second", &weight)],
+    )
+    .unwrap();
+    let after = |name: &str| {
+        let at = bytes.windows(name.len()).position(|w| w == name.as_bytes());
+        at.unwrap() + name.len()
+    };
+    let entries = [after("first"), after("second")];
+    (bytes, entries)
+}
+
+const DIMS: usize = 4;
+const OFFSET: usize = 4 + 2 * 8 + 4;
+
+#[test]
+fn inconsistent_tensor_tables_are_refused() {
+    let width = Value::U32(64);
+    let padded: [(&str, &Value); 2] = [
+        (
+            "imp.padded.names",
+            &Value::Array(vec![Value::String("first".into())]),
+        ),
+        ("imp.padded.widths", &Value::Array(vec![width])),
+    ];
+    type Edit = fn(&mut Vec<u8>, [usize; 2]);
+    type Metadata<'a> = &'a [(&'a str, &'a Value)];
+    let cases: [(&str, Metadata, Edit, &[&str]); 3] = [
+        (
+            "second's data at first's",
+            &[],
+            |bytes, [_, second]| {
+                bytes[second + OFFSET..][..8].copy_from_slice(&0u64.to_le_bytes());
+            },
+            &["`first`", "`second`", "overlap"],
+        ),
+        (
+            "2^32 x 2^32 values",
+            &[],
+            |bytes, [first, _]| {
+                for dim in 0..2 {
+                    let at = first + DIMS + 8 * dim;
+                    bytes[at..][..8].copy_from_slice(&(1u64 << 32).to_le_bytes());
+                }
+            },
+            &["`first`", "impossible shape"],
+        ),
+        (
+            "padded wider than stored",
+            &padded,
+            |_, _| {},
+            &["`first`", "width 64", "wider than the 32 stored"],
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table.gguf");
+    for (case, metadata, edit, mentions) in cases {
+        let (mut bytes, entries) = two_tensor_gguf(metadata);
+        edit(&mut bytes, entries);
+        std::fs::write(&path, bytes).unwrap();
+        let err = load_err(&path, Quantization::default());
+        for part in ["table.gguf"].iter().chain(mentions) {
+            assert!(err.contains(part), "{case}: `{err}` should mention {part}");
+        }
+    }
+}
+
 #[test]
 fn truncated_or_foreign_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -380,8 +380,10 @@ fn missing_or_empty_folder_lists_the_files_looked_for() {
 
 #[test]
 fn corrupt_files_are_named() {
-    let cases: [(&str, &[u8]); 5] = [
+    let cases: [(&str, &[u8]); 6] = [
         ("tokenizer.json", b"{\"model\": "),
+        // Made tokenizers 0.23 panic (fuzzing).
+        ("tokenizer.json", DECODER_SYNTAX_ERROR),
         ("tokenizer.model", b"this is not a protobuf"),
         ("vocab.json", b"[1, 2"),
         ("merges.txt", b"#version: 0.2\nab\n"),
@@ -398,6 +400,21 @@ fn corrupt_files_are_named() {
         fs::write(dir.path().join(file), bytes).unwrap();
         let message = load_error(dir.path());
         assert!(message.contains(file), "{file}: {message}");
+    }
+}
+
+const DECODER_SYNTAX_ERROR: &[u8] = br#"{"decoder": {"type": "ByteLevel", "x": }}"#;
+const DECODER_LONE_SURROGATE: &[u8] = br#"{"decoder": {"type": "ByteLevel", "x": "\ud800"}}"#;
+
+#[test]
+fn corrupt_embedded_tokenizer_is_an_error() {
+    for json in [DECODER_SYNTAX_ERROR, DECODER_LONE_SURROGATE, b"{}", b"[1"] {
+        let json = std::str::from_utf8(json).unwrap();
+        let error = ImpTokenizer::from_json(json, None).expect_err(json);
+        assert!(
+            error.to_string().contains("invalid tokenizer JSON"),
+            "{error}"
+        );
     }
 }
 

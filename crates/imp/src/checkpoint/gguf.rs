@@ -12,7 +12,6 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::io::Cursor;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -24,6 +23,7 @@ use memmap2::Mmap;
 
 use super::{release_pages, TensorSource};
 use crate::config::ConfigFiles;
+use crate::files;
 use crate::names::{Source, TensorShapes};
 use crate::quant::{self, Matrix, Part, Quantization};
 use crate::tokenizer::ImpTokenizer;
@@ -85,11 +85,9 @@ impl GgufFile {
             path: path.to_path_buf(),
             message,
         };
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        // Safety: the mapping is only read. A file truncated or rewritten while mapped is
-        // outside what any mmap-based loader can guard against.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let mmap = files::map(path)?;
         let content = Content::read(&mut Cursor::new(&mmap[..])).map_err(|e| {
+            let e = crate::error::without_backtrace(e);
             bad(format!(
                 "not a model folder, and not a readable GGUF file: it is truncated or of \
                  another format ({e})"
@@ -106,7 +104,8 @@ impl GgufFile {
                 Ok((name, tensor))
             })
             .collect::<std::result::Result<_, String>>()
-            .map_err(bad)?;
+            .map_err(&bad)?;
+        check_disjoint(&tensors).map_err(&bad)?;
         let quantization = stored_plan(&content.metadata, bad)?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -199,6 +198,28 @@ fn padded_widths(
         .collect()
 }
 
+fn checked_product(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
+/// Each tensor owns its bytes: two sharing a range would make one file's weights appear twice.
+fn check_disjoint(tensors: &HashMap<String, StoredTensor>) -> std::result::Result<(), String> {
+    let mut ranges: Vec<(&str, &Range<usize>)> = tensors
+        .iter()
+        .filter(|(_, t)| !t.range.is_empty())
+        .map(|(name, t)| (name.as_str(), &t.range))
+        .collect();
+    ranges.sort_by_key(|(name, range)| (range.start, *name));
+    for ((first, a), (second, b)) in ranges.iter().zip(ranges.iter().skip(1)) {
+        if b.start < a.end {
+            return Err(format!(
+                "tensors `{first}` (bytes {a:?}) and `{second}` (bytes {b:?}) overlap"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The format each part's matrices were written in.
 fn stored_plan(
     metadata: &HashMap<String, Value>,
@@ -232,24 +253,35 @@ impl StoredTensor {
         file_len: usize,
     ) -> std::result::Result<Self, String> {
         let format = info.ggml_dtype;
-        let elements = info.shape.elem_count();
+        let dims = info.shape.dims();
+        let too_large = || format!("tensor `{name}` has the impossible shape {dims:?}");
+        let elements = checked_product(dims).ok_or_else(too_large)?;
         if !elements.is_multiple_of(format.block_size()) {
             return Err(format!(
                 "tensor `{name}` has {elements} values, not whole {} blocks",
                 quant::format_name(format)
             ));
         }
+        let bytes = (elements / format.block_size())
+            .checked_mul(format.type_size())
+            .ok_or_else(too_large)?;
         let start = data_start.saturating_add(info.offset);
-        let end =
-            start.saturating_add((elements / format.block_size() * format.type_size()) as u64);
+        let end = start.saturating_add(bytes as u64);
         if end > file_len as u64 {
             return Err(format!(
                 "is truncated: tensor `{name}` ends at byte {end} but the file has {file_len} bytes"
             ));
         }
-        let stored_shape = info.shape.dims().to_vec();
+        let stored_shape = dims.to_vec();
         let mut shape = stored_shape.clone();
         if let (Some(&width), Some(last)) = (padded.get(name), shape.last_mut()) {
+            // Padding only ever widens what the model sees into what is stored.
+            if width > *last {
+                return Err(format!(
+                    "tensor `{name}` is listed in `{PADDED_NAMES}` with width {width}, wider \
+                     than the {last} stored"
+                ));
+            }
             *last = width;
         }
         Ok(Self {

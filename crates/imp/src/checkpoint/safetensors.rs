@@ -2,7 +2,6 @@
 //! `model.safetensors.index.json` lists, in f32, f16 or bf16 storage.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -12,6 +11,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::{release_pages, TensorSource};
 use crate::config::ConfigFiles;
+use crate::files;
 use crate::names::TensorShapes;
 use crate::tokenizer::ImpTokenizer;
 use crate::{Error, Result};
@@ -38,10 +38,7 @@ impl Folder {
         let mut files = Vec::new();
         let mut routing = HashMap::new();
         for path in weight_files(dir)? {
-            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-            // Safety: the mapping is only read. A file truncated or rewritten while mapped is
-            // outside what any mmap-based loader can guard against.
-            let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+            let mmap = files::map(&path)?;
             let (header_len, metadata) =
                 SafeTensors::read_metadata(&mmap).map_err(|e| Error::Checkpoint {
                     path: path.clone(),
@@ -136,7 +133,10 @@ impl TensorSource for Folder {
             Tensor::from_raw_buffer(&file.mmap[range.clone()], stored, &info.shape, device)
                 .map_err(|e| Error::Checkpoint {
                     path: file.path.clone(),
-                    message: format!("cannot read tensor `{name}` ({e})"),
+                    message: format!(
+                        "cannot read tensor `{name}` ({})",
+                        crate::error::without_backtrace(e)
+                    ),
                 })?;
         release_pages(&file.mmap, range);
         Ok(tensor.to_dtype(dtype)?)
@@ -147,7 +147,7 @@ impl TensorSource for Folder {
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index_path = dir.join("model.safetensors.index.json");
     if index_path.is_file() {
-        let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+        let text = files::read_to_string(&index_path, files::limits::CONFIG_BYTES)?;
         let index: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
                 path: index_path.clone(),
@@ -173,6 +173,16 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .collect::<Result<_>>()?;
         shards.sort();
         shards.dedup();
+        // Shards are files of this folder: a name that climbs out of it is refused unopened.
+        if let Some(outside) = shards.iter().find(|s| !is_plain_file_name(s)) {
+            return Err(Error::Checkpoint {
+                path: index_path,
+                message: format!(
+                    "`weight_map` names `{outside}`, which is not a file name inside the model \
+                     folder"
+                ),
+            });
+        }
         let missing: Vec<&String> = shards.iter().filter(|s| !dir.join(s).is_file()).collect();
         if !missing.is_empty() {
             return Err(Error::Checkpoint {
@@ -200,4 +210,12 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
                   safetensors)"
             .into(),
     })
+}
+
+fn is_plain_file_name(name: &str) -> bool {
+    let mut components = Path::new(name).components();
+    matches!(
+        (components.next(), components.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    )
 }

@@ -227,7 +227,13 @@ impl Decoder {
     /// Logits of the last row only, as a vector.
     pub fn last_logits(&self, hidden: &Tensor) -> Result<Vec<f32>> {
         let last = hidden.i(hidden.dim(0)? - 1)?.unsqueeze(0)?;
-        Ok(self.logits(&last)?.squeeze(0)?.to_vec1()?)
+        let logits: Vec<f32> = self.logits(&last)?.squeeze(0)?.to_vec1()?;
+        // NaN or infinite weights load without a trace and turn every answer into garbage;
+        // checking the one row of logits a step costs nothing next to the matmuls behind it.
+        if logits.iter().any(|x| !x.is_finite()) {
+            return Err(Error::NonFiniteLogits);
+        }
+        Ok(logits)
     }
 }
 
