@@ -8,6 +8,7 @@ use imp::names::{Source, TensorShapes};
 use imp_fuzz::put;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    imp_fuzz::count_caught_panics_as_errors();
     let path = put("model.gguf", Some(data));
     let Ok(file) = GgufFile::open(&path) else {
         return;

@@ -9,6 +9,7 @@ use imp_fuzz::{parts, put, scratch};
 const FILES: [&str; 4] = ["tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model"];
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    imp_fuzz::count_caught_panics_as_errors();
     let Some((&layout, data)) = data.split_first() else {
         return;
     };

@@ -57,3 +57,12 @@ pub fn put(name: &str, bytes: Option<&[u8]>) -> PathBuf {
     }
     path
 }
+
+/// For targets that reach a parser imp runs under `catch_unwind` (tokenizers, candle's GGUF
+/// reader: they panic on some malformed input): libFuzzer's panic hook aborts before any
+/// unwinding, so it is replaced by the default one. A panic nobody catches still aborts the
+/// input, in libfuzzer-sys's own `catch_unwind`.
+pub fn count_caught_panics_as_errors() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| drop(std::panic::take_hook()));
+}

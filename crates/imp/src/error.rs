@@ -116,3 +116,18 @@ pub(crate) fn without_backtrace(error: candle_core::Error) -> candle_core::Error
         other => other,
     }
 }
+
+/// Runs another crate's parser that panics on some malformed input instead of returning an
+/// error (tokenizers' and candle's GGUF reader, found by fuzzing); the panic becomes a message.
+pub(crate) fn parser_panic_as_error<T>(
+    parse: impl FnOnce() -> T,
+) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse)).map_err(|payload| {
+        let reason = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        format!("its parser gave up: {reason}")
+    })
+}

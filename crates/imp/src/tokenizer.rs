@@ -667,9 +667,7 @@ fn utf8(bytes: &[u8]) -> std::result::Result<String, String> {
 /// first, and a panic left is turned into an error.
 fn parse_tokenizer_json(bytes: &[u8]) -> std::result::Result<Tokenizer, String> {
     serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| e.to_string())?;
-    std::panic::catch_unwind(|| Tokenizer::from_bytes(bytes))
-        .map_err(|_| "the tokenizers library cannot read this document".to_owned())?
-        .map_err(|e| e.to_string())
+    crate::error::parser_panic_as_error(|| Tokenizer::from_bytes(bytes))?.map_err(|e| e.to_string())
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {

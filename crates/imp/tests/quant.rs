@@ -181,10 +181,10 @@ fn gguf_from_another_program_is_refused() {
     }
 }
 
-/// A file of two Q8_0 tensors `first` and `second`, both [4, 32], as candle writes it, and
+/// A file of Q8_0 tensors [4, 32] with these names and metadata, as candle writes it, and
 /// where each one's table entry continues after its name: dimension count, two dimensions,
 /// type, data offset.
-fn two_tensor_gguf(metadata: &[(&str, &Value)]) -> (Vec<u8>, [usize; 2]) {
+fn gguf_of(names: &[&str], metadata: &[(&str, &Value)]) -> (Vec<u8>, Vec<usize>) {
     let weight = QTensor::quantize(
         &Tensor::ones((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
         GgmlDType::Q8_0,
@@ -196,17 +196,13 @@ fn two_tensor_gguf(metadata: &[(&str, &Value)]) -> (Vec<u8>, [usize; 2]) {
         .into_iter()
         .chain(metadata.iter().copied())
         .collect();
-    gguf_file::write(
-        &mut std::io::Cursor::new(&mut bytes),
-        &metadata,
-        &[("first", &weight), ("second", &weight)],
-    )
-    .unwrap();
+    let tensors: Vec<_> = names.iter().map(|&name| (name, &weight)).collect();
+    gguf_file::write(&mut std::io::Cursor::new(&mut bytes), &metadata, &tensors).unwrap();
     let after = |name: &str| {
         let at = bytes.windows(name.len()).position(|w| w == name.as_bytes());
         at.unwrap() + name.len()
     };
-    let entries = [after("first"), after("second")];
+    let entries = names.iter().map(|name| after(name)).collect();
     (bytes, entries)
 }
 
@@ -223,30 +219,56 @@ fn inconsistent_tensor_tables_are_refused() {
         ),
         ("imp.padded.widths", &Value::Array(vec![width])),
     ];
-    type Edit = fn(&mut Vec<u8>, [usize; 2]);
+    type Edit = fn(&mut Vec<u8>, &[usize]);
     type Metadata<'a> = &'a [(&'a str, &'a Value)];
-    let cases: [(&str, Metadata, Edit, &[&str]); 3] = [
+    type Names<'a> = &'a [&'a str];
+    let both: Names = &["first", "second"];
+    let zero = Value::U32(0);
+    let cases: [(&str, Names, Metadata, Edit, Names); 5] = [
+        (
+            "data aligned to 0 bytes",
+            both,
+            &[("general.alignment", &zero)],
+            |_, _| {},
+            &["not a readable GGUF file", "divide by zero"],
+        ),
         (
             "second's data at first's",
+            both,
             &[],
-            |bytes, [_, second]| {
-                bytes[second + OFFSET..][..8].copy_from_slice(&0u64.to_le_bytes());
+            |bytes, entries| {
+                bytes[entries[1] + OFFSET..][..8].copy_from_slice(&0u64.to_le_bytes());
             },
             &["`first`", "`second`", "overlap"],
         ),
         (
             "2^32 x 2^32 values",
+            both,
             &[],
-            |bytes, [first, _]| {
+            |bytes, entries| {
                 for dim in 0..2 {
-                    let at = first + DIMS + 8 * dim;
+                    let at = entries[0] + DIMS + 8 * dim;
                     bytes[at..][..8].copy_from_slice(&(1u64 << 32).to_le_bytes());
                 }
             },
             &["`first`", "impossible shape"],
         ),
         (
+            "0 x 2^32 x 2^32 values (no values, strides that overflow)",
+            // One tensor: a third dimension moves what follows in the table.
+            &["first"],
+            &[],
+            |bytes, entries| {
+                let first = entries[0];
+                bytes[first..][..4].copy_from_slice(&3u32.to_le_bytes());
+                let dims = [0u64, 1 << 32, 1 << 32].map(u64::to_le_bytes).concat();
+                bytes.splice(first + DIMS..first + DIMS + 16, dims);
+            },
+            &["`first`", "impossible shape"],
+        ),
+        (
             "padded wider than stored",
+            both,
             &padded,
             |_, _| {},
             &["`first`", "width 64", "wider than the 32 stored"],
@@ -254,9 +276,9 @@ fn inconsistent_tensor_tables_are_refused() {
     ];
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("table.gguf");
-    for (case, metadata, edit, mentions) in cases {
-        let (mut bytes, entries) = two_tensor_gguf(metadata);
-        edit(&mut bytes, entries);
+    for (case, names, metadata, edit, mentions) in cases {
+        let (mut bytes, entries) = gguf_of(names, metadata);
+        edit(&mut bytes, &entries);
         std::fs::write(&path, bytes).unwrap();
         let err = load_err(&path, Quantization::default());
         for part in ["table.gguf"].iter().chain(mentions) {

@@ -86,13 +86,19 @@ impl GgufFile {
             message,
         };
         let mmap = files::map(path)?;
-        let content = Content::read(&mut Cursor::new(&mmap[..])).map_err(|e| {
-            let e = crate::error::without_backtrace(e);
-            bad(format!(
-                "not a model folder, and not a readable GGUF file: it is truncated or of \
+        // candle divides by a `general.alignment` of 0 (found by fuzzing).
+        let read =
+            crate::error::parser_panic_as_error(|| Content::read(&mut Cursor::new(&mmap[..])));
+        let content = read
+            .map_err(candle_core::Error::Msg)
+            .and_then(|r| r)
+            .map_err(|e| {
+                let e = crate::error::without_backtrace(e);
+                bad(format!(
+                    "not a model folder, and not a readable GGUF file: it is truncated or of \
                  another format ({e})"
-            ))
-        })?;
+                ))
+            })?;
         check_version(&content.metadata).map_err(bad)?;
         let padded = padded_widths(&content.metadata).map_err(bad)?;
         let data_start = content.tensor_data_offset;
@@ -198,8 +204,14 @@ fn padded_widths(
         .collect()
 }
 
+/// The number of values, `None` if any product of the dimensions overflows: with a zero among
+/// them the count is 0 while the strides of the others still overflow (found by fuzzing).
 fn checked_product(dims: &[usize]) -> Option<usize> {
-    dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+    let nonzero = dims
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(1usize, |n, &d| n.checked_mul(d))?;
+    Some(if dims.contains(&0) { 0 } else { nonzero })
 }
 
 /// Each tensor owns its bytes: two sharing a range would make one file's weights appear twice.
