@@ -279,6 +279,18 @@ fn model_names(config: &ServerConfig, model_path: &Path) -> Vec<String> {
     names
 }
 
+/// The runtime [`serve`] needs. Its blocking threads (generations, tokenization, file reads) are
+/// bounded: at tokio's default of 512, a burst of requests left a hundred idle threads that the
+/// steady traffic after it kept alive, each holding its stack and malloc arena (20 MB of RSS
+/// under `scripts/soak.py`'s flood). Generations take `--parallel` of them, the rest one per core.
+pub fn runtime(config: &ServerConfig) -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(config.parallel as usize + cores)
+        .build()
+}
+
 /// Loads the model and serves until Ctrl-C or SIGTERM, then finishes the requests in flight
 /// (see [`Server::run`]).
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {

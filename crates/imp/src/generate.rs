@@ -81,6 +81,16 @@ impl Timings {
         self.preprocess + self.vision + self.projector + self.prefill
     }
 
+    /// These image stages' times with `generation`'s prefill and decode.
+    pub(crate) fn followed_by(self, generation: &Timings) -> Timings {
+        Timings {
+            prefill: generation.prefill,
+            decode: generation.decode,
+            decode_steps: generation.decode_steps,
+            ..self
+        }
+    }
+
     pub fn decode_tokens_per_second(&self) -> f64 {
         if self.decode.is_zero() {
             0.0
@@ -137,10 +147,7 @@ pub fn generate_in(
     let mut timings = Timings::default();
     let rows = encode_images(model, images, &mut timings)?;
     let mut generation = generate_prepared(model, session, &prepared, &rows, options, on_text)?;
-    timings.prefill = generation.timings.prefill;
-    timings.decode = generation.timings.decode;
-    timings.decode_steps = generation.timings.decode_steps;
-    generation.timings = timings;
+    generation.timings = timings.followed_by(&generation.timings);
     Ok(generation)
 }
 

@@ -24,6 +24,7 @@
 pub mod adapter;
 pub mod checkpoint;
 pub mod config;
+mod conversation;
 mod error;
 pub mod files;
 mod generate;
@@ -41,13 +42,14 @@ mod session;
 pub mod template;
 pub mod tokenizer;
 
+pub use conversation::Conversation;
 pub use error::{Error, Result};
 pub use generate::{
     encode_images, generate, generate_in, generate_prepared, FinishReason, Generation,
     GenerationOptions, PreparedPrompt, Timings,
 };
 pub use model::{ImpModel, LoadOptions, ModelInfo};
-pub use preprocess::{decode_rgb, load_rgb};
+pub use preprocess::{decode_rgb, load_rgb, rgb_from_rows};
 pub use sampler::SamplingParams;
 pub use session::{ImageId, Position, Session};
 pub use template::{Prompt, Turn};

@@ -142,18 +142,56 @@ pub fn decode_rgb(bytes: &[u8], source_name: &str) -> Result<RgbImage> {
     // The decoder has read only the header here: check the size before anything is allocated.
     let decoder = reader.into_decoder().map_err(decode_error)?;
     let (width, height) = decoder.dimensions();
-    if width == 0 || height == 0 {
-        return Err(fail(format!("empty image ({width}×{height} pixels)")));
-    }
-    if width > MAX_SIDE || height > MAX_SIDE || u64::from(width) * u64::from(height) > MAX_PIXELS {
-        return Err(fail(format!(
-            "{width}×{height} pixels is too large (at most {MAX_SIDE} pixels per side and {} MP)",
-            MAX_PIXELS >> 20
-        )));
-    }
+    check_dimensions(width, height, source_name)?;
     let decoded = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
     let png_gray = format == ImageFormat::Png && png_color_type(&bytes) == Some(0);
     to_rgb(decoded, png_gray).map_err(fail)
+}
+
+/// An image handed over as pixels (RGB8, `stride` bytes from one row's start to the next),
+/// as an app holding a camera frame has it.
+pub fn rgb_from_rows(
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    stride: usize,
+    source_name: &str,
+) -> Result<RgbImage> {
+    let fail = |message: String| Error::image(source_name, message);
+    check_dimensions(width, height, source_name)?;
+    let row = 3 * width as usize;
+    if stride < row {
+        return Err(fail(format!(
+            "a row of {width} RGB pixels needs {row} bytes, but the stride is {stride}"
+        )));
+    }
+    let needed = stride * (height as usize - 1) + row;
+    if pixels.len() < needed {
+        return Err(fail(format!(
+            "{width}×{height} RGB pixels with stride {stride} need {needed} bytes, the buffer has {}",
+            pixels.len()
+        )));
+    }
+    let mut packed = Vec::with_capacity(row * height as usize);
+    for y in 0..height as usize {
+        packed.extend_from_slice(&pixels[y * stride..y * stride + row]);
+    }
+    RgbImage::from_raw(width, height, packed).ok_or_else(|| fail("inconsistent size".into()))
+}
+
+/// Refuses an empty image, or one over [`MAX_SIDE`] or [`MAX_PIXELS`].
+pub fn check_dimensions(width: u32, height: u32, source_name: &str) -> Result<()> {
+    let fail = |message: String| Err(Error::image(source_name, message));
+    if width == 0 || height == 0 {
+        return fail(format!("empty image ({width}×{height} pixels)"));
+    }
+    if width > MAX_SIDE || height > MAX_SIDE || u64::from(width) * u64::from(height) > MAX_PIXELS {
+        return fail(format!(
+            "{width}×{height} pixels is too large (at most {MAX_SIDE} pixels per side and {} MP)",
+            MAX_PIXELS >> 20
+        ));
+    }
+    Ok(())
 }
 
 fn describe(format: ImageFormat, error: &ImageError) -> String {

@@ -5,8 +5,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use imp::{
-    generate, generate_in, generate_prepared, Error, GenerationOptions, ImageId, ImpModel,
-    LoadOptions, Position, PreparedPrompt, Prompt, Turn,
+    generate, generate_in, generate_prepared, Conversation, Error, GenerationOptions, ImageId,
+    ImpModel, LoadOptions, Position, PreparedPrompt, Prompt, Turn,
 };
 
 use crate::support::{image, load, model_dir};
@@ -21,6 +21,72 @@ fn options(max_new_tokens: usize) -> GenerationOptions {
         max_new_tokens,
         top_logprobs: 2,
         ..Default::default()
+    }
+}
+
+#[test]
+fn a_conversation_keeps_its_turns_and_answers_as_a_fresh_session() {
+    for name in ["imp-v1.5-4b-phi3", "imp-v1-3b", "imp-v1.5-2b-qwen1.5"] {
+        let (model, image) = fixture(name);
+        let images = [image];
+        let ask_about_the_image = |conversation: &mut Conversation| {
+            conversation
+                .ask(
+                    &model,
+                    "What is shown in this image?",
+                    &images,
+                    &options(6),
+                    &mut |_| {},
+                )
+                .unwrap()
+        };
+        let mut conversation = Conversation::new(&model);
+        let first = ask_about_the_image(&mut conversation);
+        // A failing turn changes nothing.
+        let wrong = conversation.ask(&model, "<image> <image>", &images, &options(6), &mut |_| {});
+        assert!(
+            matches!(&wrong, Err(Error::Prompt(m)) if m.contains("2 `<image>` marker(s) but 1")),
+            "{name}: {:?}",
+            wrong.map(|g| g.text)
+        );
+        let second = conversation
+            .ask(
+                &model,
+                "And what colour is it?",
+                &[],
+                &options(6),
+                &mut |_| {},
+            )
+            .unwrap();
+        assert!(second.reused_tokens >= first.prompt_tokens, "{name}");
+
+        let turns = vec![
+            Turn {
+                user: "<image>\nWhat is shown in this image?".into(),
+                assistant: Some(first.text.clone()),
+            },
+            Turn {
+                user: "And what colour is it?".into(),
+                assistant: Some(second.text.clone()),
+            },
+        ];
+        assert_eq!(conversation.turns(), turns, "{name}");
+        let fresh = generate(
+            &model,
+            &Prompt::Chat(vec![turns[0].clone(), Turn::question(&turns[1].user)]),
+            &images,
+            &options(6),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(second.tokens, fresh.tokens, "{name}");
+
+        conversation.clear();
+        let again = ask_about_the_image(&mut conversation);
+        assert_eq!(
+            again.tokens, first.tokens,
+            "{name}: a cleared conversation starts afresh"
+        );
     }
 }
 
