@@ -322,7 +322,9 @@ pub unsafe extern "C" fn imp_string_free(text: *mut c_char) {
 
 impl ImpSession {
     /// Generates on the model's worker threads while this thread hands each piece of text to
-    /// `on_text`, so that a C callback always runs on the thread that called imp.
+    /// `on_text`, so that a C callback always runs on the thread that called imp. The worker
+    /// waits for each piece to be handed out before it goes on, so that a stop the callback asks
+    /// for is seen before the next token.
     fn generate(
         &mut self,
         prompt: &str,
@@ -331,21 +333,28 @@ impl ImpSession {
         on_text: &mut dyn FnMut(&str),
     ) -> engine::Result<engine::Generation> {
         let (sender, pieces) = mpsc::channel::<String>();
+        let (handed_out, handed) = mpsc::channel::<()>();
         let model = &self.model;
         let conversation = &mut self.conversation;
         let mut result = None;
         in_place_scope(self.pool.as_deref(), |scope| {
             scope.spawn(|_| {
+                let handed = handed;
                 result = Some(
                     conversation.ask(model, prompt, images, options, &mut |piece| {
-                        // The receiver lives until the generation ends.
-                        let _ = sender.send(piece.to_owned());
+                        // Both ends live until the generation ends, unless this thread unwinds.
+                        if sender.send(piece.to_owned()).is_ok() {
+                            let _ = handed.recv();
+                        }
                     }),
                 );
                 drop(sender);
             });
+            // Owned here, so that an unwinding caller frees the waiting worker.
+            let handed_out = handed_out;
             for piece in pieces {
                 on_text(&piece);
+                let _ = handed_out.send(());
             }
         });
         result.unwrap_or(Err(engine::Error::Cancelled))

@@ -319,6 +319,11 @@ pub fn generate_prepared(
     }
     timings.decode = decode_start.elapsed();
     let text = stream.finish(on_text);
+    // A stop asked for while the last pieces were handed out still counts: the caller has not
+    // seen (and may not want) an answer it asked to cut short.
+    if cancelled() {
+        return Err(Error::Cancelled);
+    }
     Ok(Generation {
         text,
         tokens,

@@ -1,7 +1,7 @@
 //! A session reuses the prefix it shares with the next prompt, with the same answer as a fresh
 //! session; cancellation stops a generation.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use imp::{
@@ -201,4 +201,32 @@ fn a_set_cancel_flag_stops_generation() {
         "{:?}",
         result.map(|g| g.text)
     );
+}
+
+#[test]
+fn a_cancel_set_by_the_text_callback_stops_before_the_next_piece() {
+    let (model, image) = fixture("imp-v1.5-2b-qwen1.5");
+    let cancel = Arc::new(AtomicBool::new(false));
+    let options = GenerationOptions {
+        cancel: Some(Arc::clone(&cancel)),
+        ignore_stop_tokens: true,
+        ..options(20)
+    };
+    let mut pieces = 0;
+    let result = generate(
+        &model,
+        &Prompt::Question("Hi".into()),
+        &[image],
+        &options,
+        &mut |_| {
+            pieces += 1;
+            cancel.store(true, Ordering::Relaxed);
+        },
+    );
+    assert!(
+        matches!(result, Err(Error::Cancelled)),
+        "{:?}",
+        result.map(|g| g.text)
+    );
+    assert_eq!(pieces, 1);
 }
