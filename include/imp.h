@@ -106,7 +106,8 @@ imp_status imp_session_new(const imp_model *model, imp_session **out);
  * Forgets the conversation so far (the cache's memory is kept for the next one).
  *
  * # Safety
- * `session` is NULL or a live session not in use by another thread.
+ * `session` is NULL or a live session. A session in use by another call (another thread, or
+ * the callback of its own generation) refuses with `IMP_STATUS_INVALID_ARGUMENT`.
  */
 imp_status imp_session_reset(imp_session *session);
 
@@ -127,10 +128,11 @@ void imp_session_free(imp_session *session);
  * receives the whole answer (also after `IMP_STATUS_STOPPED`), to free with `imp_string_free`.
  *
  * # Safety
- * `session` is a live session not in use by another thread; `prompt` and `params_json` are
- * NULL or NUL-terminated; `images` points to `n_images` images (or is NULL when there are
- * none), each with a NUL-terminated `path` or `rgb` pointing to the bytes its size and
- * stride describe; `out_text` is NULL or writable.
+ * `session` is a live session (one in use by another call answers
+ * `IMP_STATUS_INVALID_ARGUMENT`); `prompt` and `params_json` are NULL or NUL-terminated;
+ * `images` points to `n_images` images (or is NULL when there are none), each with a
+ * NUL-terminated `path` or `rgb` pointing to the bytes its size and stride describe;
+ * `out_text` is NULL or writable.
  */
 imp_status imp_generate(imp_session *session,
                         const char *prompt,

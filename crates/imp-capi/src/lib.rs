@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, TryLockError};
 
 mod options;
 
@@ -44,7 +44,8 @@ pub struct ImpModel {
 pub struct ImpSession {
     model: Arc<engine::ImpModel>,
     pool: Option<Arc<rayon::ThreadPool>>,
-    conversation: engine::Conversation,
+    /// Locked by the call using it: a second thread gets an error, not a data race.
+    conversation: Mutex<engine::Conversation>,
 }
 
 /// An image: the file at `path`, or, when `path` is NULL, `height` rows of `width` RGB8 pixels
@@ -214,7 +215,7 @@ pub unsafe extern "C" fn imp_session_new(
             .as_ref()
             .ok_or_else(|| Failure::invalid("model is NULL"))?;
         *out = Box::into_raw(Box::new(ImpSession {
-            conversation: engine::Conversation::new(&model.model),
+            conversation: Mutex::new(engine::Conversation::new(&model.model)),
             model: Arc::clone(&model.model),
             pool: model.pool.clone(),
         }));
@@ -225,14 +226,15 @@ pub unsafe extern "C" fn imp_session_new(
 /// Forgets the conversation so far (the cache's memory is kept for the next one).
 ///
 /// # Safety
-/// `session` is NULL or a live session not in use by another thread.
+/// `session` is NULL or a live session. A session in use by another call (another thread, or
+/// the callback of its own generation) refuses with `IMP_STATUS_INVALID_ARGUMENT`.
 #[no_mangle]
 pub unsafe extern "C" fn imp_session_reset(session: *mut ImpSession) -> ImpStatus {
     call(|| {
         let session = session
-            .as_mut()
+            .as_ref()
             .ok_or_else(|| Failure::invalid("session is NULL"))?;
-        session.conversation.clear();
+        session.conversation()?.clear();
         Ok(ImpStatus::Ok)
     })
 }
@@ -256,10 +258,11 @@ pub unsafe extern "C" fn imp_session_free(session: *mut ImpSession) {
 /// receives the whole answer (also after `IMP_STATUS_STOPPED`), to free with `imp_string_free`.
 ///
 /// # Safety
-/// `session` is a live session not in use by another thread; `prompt` and `params_json` are
-/// NULL or NUL-terminated; `images` points to `n_images` images (or is NULL when there are
-/// none), each with a NUL-terminated `path` or `rgb` pointing to the bytes its size and
-/// stride describe; `out_text` is NULL or writable.
+/// `session` is a live session (one in use by another call answers
+/// `IMP_STATUS_INVALID_ARGUMENT`); `prompt` and `params_json` are NULL or NUL-terminated;
+/// `images` points to `n_images` images (or is NULL when there are none), each with a
+/// NUL-terminated `path` or `rgb` pointing to the bytes its size and stride describe;
+/// `out_text` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn imp_generate(
     session: *mut ImpSession,
@@ -276,7 +279,7 @@ pub unsafe extern "C" fn imp_generate(
             *out_text = std::ptr::null_mut();
         }
         let session = session
-            .as_mut()
+            .as_ref()
             .ok_or_else(|| Failure::invalid("session is NULL"))?;
         let prompt = required_str(prompt, "prompt")?;
         let params = GenerateParams::parse(optional_str(params_json, "params_json")?)?;
@@ -285,7 +288,8 @@ pub unsafe extern "C" fn imp_generate(
         let options = params.generation_options(Arc::clone(&stop))?;
 
         let mut answer = String::new();
-        let result = session.generate(prompt, &images, &options, &mut |piece| {
+        let mut conversation = session.conversation()?;
+        let result = session.generate(&mut conversation, prompt, &images, &options, &mut |piece| {
             answer.push_str(piece);
             if let Some(cb) = cb {
                 let piece = c_string(piece.to_owned());
@@ -325,8 +329,21 @@ impl ImpSession {
     /// `on_text`, so that a C callback always runs on the thread that called imp. The worker
     /// waits for each piece to be handed out before it goes on, so that a stop the callback asks
     /// for is seen before the next token.
+    /// The conversation, unless another thread is using this session.
+    fn conversation(&self) -> Result<MutexGuard<'_, engine::Conversation>, Failure> {
+        match self.conversation.try_lock() {
+            Ok(conversation) => Ok(conversation),
+            Err(TryLockError::WouldBlock) => Err(Failure::invalid(
+                "session is in use by another thread; give each thread a session of its own",
+            )),
+            // A panic was caught while it generated; what it holds is still consistent.
+            Err(TryLockError::Poisoned(poisoned)) => Ok(poisoned.into_inner()),
+        }
+    }
+
     fn generate(
-        &mut self,
+        &self,
+        conversation: &mut engine::Conversation,
         prompt: &str,
         images: &[image::RgbImage],
         options: &engine::GenerationOptions,
@@ -335,7 +352,6 @@ impl ImpSession {
         let (sender, pieces) = mpsc::channel::<String>();
         let (handed_out, handed) = mpsc::channel::<()>();
         let model = &self.model;
-        let conversation = &mut self.conversation;
         let mut result = None;
         in_place_scope(self.pool.as_deref(), |scope| {
             scope.spawn(|_| {

@@ -61,16 +61,8 @@ impl LoadParams {
     }
 
     pub fn load_options(&self) -> Result<engine::LoadOptions, Failure> {
-        let dtype = match self.dtype.as_deref() {
-            None | Some("f32") => candle_core::DType::F32,
-            Some("f16") => candle_core::DType::F16,
-            Some("bf16") => candle_core::DType::BF16,
-            Some(other) => {
-                return Err(Failure::invalid(format!(
-                    "options_json: dtype {other:?} is not one of \"f32\", \"f16\", \"bf16\""
-                )))
-            }
-        };
+        let dtype = engine::dtype_from_name(self.dtype.as_deref().unwrap_or("f32"))
+            .map_err(|e| Failure::invalid(format!("options_json: {e}")))?;
         let pool = self.pool.unwrap_or(1);
         if pool == 0 {
             return Err(Failure::invalid("options_json: pool must be at least 1"));

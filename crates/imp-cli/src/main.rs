@@ -412,6 +412,11 @@ fn info(args: InfoArgs) -> Result<()> {
     println!("aspect ratio   {:?}", c.aspect);
     println!("max context    {}", c.max_context);
     println!("stop ids       {:?}", model.stop_token_ids());
+    let isas = imp_kernels::Isa::available();
+    println!(
+        "cpu kernels    {:?} (this CPU runs {isas:?})",
+        isas.last().copied().unwrap_or(imp_kernels::Isa::Scalar)
+    );
     Ok(())
 }
 

@@ -133,6 +133,16 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<imp::messages::MessageError> for ApiError {
+    fn from(error: imp::messages::MessageError) -> Self {
+        let invalid = Self::invalid(error.message, error.param.as_deref());
+        match error.code {
+            Some(code) => invalid.with_code(code),
+            None => invalid,
+        }
+    }
+}
+
 impl From<imp::Error> for ApiError {
     fn from(error: imp::Error) -> Self {
         let message = error.to_string();

@@ -7,10 +7,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
-use std::time::Duration;
 
-use base64::Engine as _;
 use candle_core::Tensor;
+use imp::messages::{decode_data_url, percent_decode, DataUrlError};
 use imp::{ImageId, ImpModel};
 
 use crate::disk_cache::DiskCache;
@@ -18,7 +17,8 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 /// Time limit for fetching one remote image, connection included.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+#[cfg(feature = "remote-images")]
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An image as the request gave it, before decoding.
 pub struct ImageBytes {
@@ -32,7 +32,8 @@ pub struct ImageSources {
     /// Canonical `--allow-files` folder.
     pub allow_files: Option<PathBuf>,
     /// `Some` when remote images are allowed.
-    pub http: Option<reqwest::Client>,
+    #[cfg(feature = "remote-images")]
+    http: Option<reqwest::Client>,
     pub max_bytes: usize,
 }
 
@@ -55,17 +56,23 @@ impl ImageSources {
                 Ok(canonical)
             })
             .transpose()?;
-        let http = allow_remote
-            .then(|| {
-                reqwest::Client::builder()
-                    .timeout(FETCH_TIMEOUT)
-                    .connect_timeout(FETCH_TIMEOUT)
-                    .build()
-            })
-            .transpose()?;
+        #[cfg(not(feature = "remote-images"))]
+        anyhow::ensure!(
+            !allow_remote,
+            "--allow-remote-images: this build of imp cannot fetch images (it was built without \
+             the cargo feature `remote-images`)"
+        );
         Ok(Self {
             allow_files,
-            http,
+            #[cfg(feature = "remote-images")]
+            http: allow_remote
+                .then(|| {
+                    reqwest::Client::builder()
+                        .timeout(FETCH_TIMEOUT)
+                        .connect_timeout(FETCH_TIMEOUT)
+                        .build()
+                })
+                .transpose()?,
             max_bytes,
         })
     }
@@ -98,32 +105,13 @@ impl ImageSources {
     }
 
     fn data_url(&self, rest: &str, param: &str) -> Result<Vec<u8>, ApiError> {
-        let invalid = |message: &str| {
-            ApiError::invalid(format!("Invalid image data URL: {message}."), Some(param))
-                .with_code("invalid_image_url")
-        };
-        let (header, data) = rest
-            .split_once(',')
-            .ok_or_else(|| invalid("no `,` before the data"))?;
-        let media_type = header.strip_suffix(";base64").ok_or_else(|| {
-            invalid("only base64 data (`data:image/png;base64,...`) is supported")
-        })?;
-        if !media_type.starts_with("image/") {
-            return Err(invalid(&format!(
-                "media type `{media_type}` is not an image type"
-            )));
-        }
-        // Refuse before decoding: base64 takes 4 bytes per 3.
-        if data.len() / 4 * 3 > self.max_bytes + 3 {
-            return Err(self.too_large(param));
-        }
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(data.trim_end())
-            .map_err(|e| invalid(&format!("the base64 does not decode ({e})")))?;
-        if bytes.len() > self.max_bytes {
-            return Err(self.too_large(param));
-        }
-        Ok(bytes)
+        decode_data_url(rest, self.max_bytes).map_err(|error| match error {
+            DataUrlError::TooLarge => self.too_large(param),
+            DataUrlError::Invalid(message) => {
+                ApiError::invalid(format!("Invalid image data URL: {message}."), Some(param))
+                    .with_code("invalid_image_url")
+            }
+        })
     }
 
     async fn file(&self, path: &str, param: &str) -> Result<Vec<u8>, ApiError> {
@@ -157,14 +145,15 @@ impl ImageSources {
             .map_err(|e| ApiError::internal(format!("reading an image file failed: {e}")))?
     }
 
+    #[cfg(not(feature = "remote-images"))]
+    async fn remote(&self, _: &str, param: &str) -> Result<Vec<u8>, ApiError> {
+        Err(remote_images_disabled(param))
+    }
+
+    #[cfg(feature = "remote-images")]
     async fn remote(&self, url: &str, param: &str) -> Result<Vec<u8>, ApiError> {
         let Some(client) = &self.http else {
-            return Err(ApiError::invalid(
-                "Remote images are disabled; send the image as a base64 data URL, or start the \
-                 server with --allow-remote-images.",
-                Some(param),
-            )
-            .with_code("remote_images_disabled"));
+            return Err(remote_images_disabled(param));
         };
         let failed = |e: String| {
             ApiError::invalid(format!("Could not fetch image {url}: {e}."), Some(param))
@@ -191,6 +180,15 @@ impl ImageSources {
         }
         Ok(bytes)
     }
+}
+
+fn remote_images_disabled(param: &str) -> ApiError {
+    ApiError::invalid(
+        "Remote images are disabled; send the image as a base64 data URL, or start the server \
+         with --allow-remote-images.",
+        Some(param),
+    )
+    .with_code("remote_images_disabled")
 }
 
 fn too_large(limit: usize, param: &str) -> ApiError {
@@ -230,30 +228,6 @@ fn read_image_file(
         return Err(too_large(limit, param));
     }
     Ok(bytes)
-}
-
-/// `%XX` escapes of a file URL's path.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Projected rows by image content hash.
@@ -421,14 +395,4 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
 
 fn subdirs(dir: &Path) -> Vec<PathBuf> {
     entries(dir).into_iter().filter(|p| p.is_dir()).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("/a%20b/c%2Fd%zz"), "/a b/c/d%zz");
-    }
 }

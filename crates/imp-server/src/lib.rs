@@ -30,7 +30,7 @@ pub use error::ApiError;
 /// The request side on its own (the fuzz targets drive it): a body checked into a request,
 /// and the image URLs it names turned into bytes.
 pub use images::{ImageBytes, ImageSources};
-pub use openai::{parse_request, ChatRequest, Conversation};
+pub use openai::{parse_request, ChatRequest};
 
 /// Settings of `imp serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -135,12 +135,7 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 }
 
 fn parse_dtype(text: &str) -> Result<DType, String> {
-    match text {
-        "f32" => Ok(DType::F32),
-        "f16" => Ok(DType::F16),
-        "bf16" => Ok(DType::BF16),
-        _ => Err(format!("`{text}` is not one of f32, f16, bf16")),
-    }
+    imp::dtype_from_name(text).map_err(|e| e.to_string())
 }
 
 /// A loaded model behind its routes, with the connection limits it is served under.

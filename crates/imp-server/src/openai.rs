@@ -4,8 +4,8 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use imp::template::{render_chat, SYSTEM_PROMPT};
-use imp::{Generation, Prompt, SamplingParams, Turn};
+use imp::messages::ChatMessages;
+use imp::{Generation, SamplingParams};
 
 use crate::error::ApiError;
 
@@ -45,7 +45,7 @@ struct StreamOptions {
 /// A chat completion request, checked.
 pub struct ChatRequest {
     pub model: String,
-    pub conversation: Conversation,
+    pub messages: ChatMessages,
     pub max_tokens: Option<usize>,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
@@ -53,27 +53,6 @@ pub struct ChatRequest {
     pub logprobs: Option<usize>,
     pub stream: bool,
     pub include_usage: bool,
-}
-
-/// The messages as Imp turns; images stay URLs until fetched.
-pub struct Conversation {
-    system: Option<String>,
-    turns: Vec<Turn>,
-    /// `(url, param)` in marker order.
-    pub image_urls: Vec<(String, String)>,
-}
-
-impl Conversation {
-    /// The prompt in the model's template. Imp's templates have a fixed system text; a
-    /// different system message takes its place.
-    pub fn prompt(&self, family: imp::config::Family) -> Prompt {
-        match &self.system {
-            Some(system) if system != SYSTEM_PROMPT => {
-                Prompt::Raw(render_chat(family, &self.turns).replacen(SYSTEM_PROMPT, system, 1))
-            }
-            _ => Prompt::Chat(self.turns.clone()),
-        }
-    }
 }
 
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
@@ -158,7 +137,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let stream = raw.stream.unwrap_or(false);
     Ok(ChatRequest {
         model: raw.model,
-        conversation: parse_messages(&raw.messages)?,
+        messages: ChatMessages::parse(&raw.messages)?,
         max_tokens,
         sampling,
         stop,
@@ -170,165 +149,6 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
     })
-}
-
-/// System messages give the system text; user and assistant messages pair into turns. Each
-/// image becomes an `<image>` marker before its message's text, as in Imp's training data.
-fn parse_messages(messages: &[Value]) -> Result<Conversation, ApiError> {
-    if messages.is_empty() {
-        return Err(ApiError::invalid(
-            "messages must contain at least one message.",
-            Some("messages"),
-        ));
-    }
-    let mut system: Option<String> = None;
-    let mut turns: Vec<Turn> = Vec::new();
-    let mut image_urls = Vec::new();
-    for (i, message) in messages.iter().enumerate() {
-        let param = format!("messages[{i}]");
-        let role = message.get("role").and_then(Value::as_str).ok_or_else(|| {
-            ApiError::invalid(
-                "Each message needs a string `role`.",
-                Some(&format!("{param}.role")),
-            )
-        })?;
-        let content = message.get("content").unwrap_or(&Value::Null);
-        let content_param = format!("{param}.content");
-        match role {
-            "system" | "developer" => {
-                let text = text_only(content, &content_param)?;
-                system = Some(match system {
-                    Some(s) => format!("{s}\n{text}"),
-                    None => text,
-                });
-            }
-            "user" => {
-                let (text, images) = user_content(content, &content_param)?;
-                if images.len() > 1 {
-                    return Err(ApiError::invalid(
-                        "This model takes at most one image per message; send further images \
-                         in separate messages.",
-                        Some(&content_param),
-                    )
-                    .with_code("too_many_images"));
-                }
-                let text = format!("{}{text}", "<image>\n".repeat(images.len()));
-                image_urls.extend(images);
-                match turns.last_mut() {
-                    Some(turn) if turn.assistant.is_none() => {
-                        turn.user.push('\n');
-                        turn.user.push_str(&text);
-                    }
-                    _ => turns.push(Turn::question(text)),
-                }
-            }
-            "assistant" => {
-                let text = text_only(content, &content_param)?;
-                match turns.last_mut() {
-                    Some(Turn {
-                        assistant: Some(answer),
-                        ..
-                    }) => {
-                        answer.push('\n');
-                        answer.push_str(&text);
-                    }
-                    Some(turn) => turn.assistant = Some(text),
-                    None => {
-                        return Err(ApiError::invalid(
-                            "The conversation must start with a user message (after any system \
-                             message).",
-                            Some(&param),
-                        ))
-                    }
-                }
-            }
-            other => {
-                return Err(ApiError::invalid(
-                    format!(
-                        "Unsupported role `{other}`: expected system, developer, user or \
-                         assistant."
-                    ),
-                    Some(&format!("{param}.role")),
-                ))
-            }
-        }
-    }
-    match turns.last() {
-        Some(turn) if turn.assistant.is_none() => Ok(Conversation {
-            system,
-            turns,
-            image_urls,
-        }),
-        _ => Err(ApiError::invalid(
-            "The last message must be from the user.",
-            Some("messages"),
-        )),
-    }
-}
-
-/// A string, or an array of text parts.
-fn text_only(content: &Value, param: &str) -> Result<String, ApiError> {
-    let (text, images) = user_content(content, param)?;
-    if !images.is_empty() {
-        return Err(ApiError::invalid(
-            "Only user messages may contain images.",
-            Some(param),
-        ));
-    }
-    Ok(text)
-}
-
-/// The text parts joined by newlines, and the images' `(url, param)`.
-fn user_content(content: &Value, param: &str) -> Result<(String, Vec<(String, String)>), ApiError> {
-    let parts = match content {
-        Value::String(text) => return Ok((text.clone(), Vec::new())),
-        Value::Array(parts) => parts,
-        _ => {
-            return Err(ApiError::invalid(
-                "Message content must be a string or an array of content parts.",
-                Some(param),
-            ))
-        }
-    };
-    let mut texts = Vec::new();
-    let mut images = Vec::new();
-    for (j, part) in parts.iter().enumerate() {
-        let param = format!("{param}[{j}]");
-        let kind = part.get("type").and_then(Value::as_str);
-        match kind {
-            Some("text") => match part.get("text") {
-                Some(Value::String(text)) => texts.push(text.as_str()),
-                _ => {
-                    return Err(ApiError::invalid(
-                        "A text part needs a string `text`.",
-                        Some(&format!("{param}.text")),
-                    ))
-                }
-            },
-            Some("image_url") => {
-                let image = part.get("image_url");
-                // OpenAI sends `{"url": ...}`; a bare string is accepted too.
-                let url = image
-                    .and_then(|i| i.get("url"))
-                    .or(image)
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            "An image_url part needs `image_url.url`.",
-                            Some(&format!("{param}.image_url.url")),
-                        )
-                    })?;
-                images.push((url.to_owned(), param));
-            }
-            _ => {
-                return Err(ApiError::invalid(
-                    "Unsupported content part: expected `type` \"text\" or \"image_url\".",
-                    Some(&format!("{param}.type")),
-                ))
-            }
-        }
-    }
-    Ok((texts.join("\n"), images))
 }
 
 pub fn usage(generation: &Generation) -> Value {

@@ -208,13 +208,13 @@ async fn chat(
     if !state.model_names.contains(&request.model) {
         return Err(ApiError::model_not_found(&request.model));
     }
-    let mut images = Vec::with_capacity(request.conversation.image_urls.len());
-    for (url, param) in &request.conversation.image_urls {
-        images.push(state.sources.fetch(url, param).await?);
+    let mut images = Vec::with_capacity(request.messages.images.len());
+    for image in &request.messages.images {
+        images.push(state.sources.fetch(&image.url, &image.param).await?);
     }
 
     let model = Arc::clone(&state.engine.model);
-    let prompt = request.conversation.prompt(model.config().decoder.family);
+    let prompt = request.messages.prompt(model.config().decoder.family);
     let ids: Vec<ImageId> = images.iter().map(|image| image.id).collect();
     // Tokenizing a long conversation is CPU work: keep it off the async threads.
     let prepared = tokio::task::spawn_blocking(move || PreparedPrompt::new(&model, &prompt, &ids))

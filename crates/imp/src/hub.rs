@@ -1,25 +1,18 @@
 //! Turns `--model` into a local folder: either a path, or a Hugging Face repo id such as
 //! `MILVLG/Imp-v1.5-3B-196` resolved through the Hugging Face cache (the layout `huggingface-cli`
 //! and transformers share, so a model fetched by either is found here) and downloaded into it
-//! when files are missing and downloads are allowed.
+//! when files are missing and downloads are allowed. Looking in the cache is plain file reading;
+//! only downloading needs the cargo feature `hub` (an HTTP client and TLS), so a build without
+//! it (the static ARM64 binary) still finds models fetched by `huggingface-cli`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-
-use hf_hub::progress::{DownloadEvent, Progress, ProgressEvent, ProgressHandler};
-use hf_hub::{HFClient, HFError};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{Error, Result};
 
 const CONFIG: &str = "config.json";
 const WEIGHTS: &str = "model.safetensors";
 const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
-
-/// What a download fetches: configs (including a vision tower's in a subfolder), weights,
-/// tokenizer files and the optional tokenizer/generation configs. `*` also matches `/`.
-const DOWNLOAD_PATTERNS: &[&str] = &["*.json", "*.safetensors", "merges.txt", "tokenizer.model"];
 
 /// Where and how a repo id is looked up.
 #[derive(Clone, Debug)]
@@ -91,12 +84,10 @@ pub fn resolve_model(spec: &str, options: &HubOptions) -> Result<PathBuf> {
              {fetch_hint}, or run imp online (without HF_HUB_OFFLINE)"
         )));
     }
-    tracing::info!("{repo_id}: downloading {missing} into {}", cache.display());
     let dir = download(&repo_id, &cache, options).map_err(|e| {
         repo_id.not_found(format!(
-            "{whereabouts} (missing: {missing}) and downloading from the Hugging Face Hub failed: \
-             {e}. On a machine without network access, {fetch_hint} elsewhere and copy the \
-             cache folder over"
+            "{whereabouts} (missing: {missing}) and {e}. On a machine without network access, \
+             {fetch_hint} elsewhere and copy the cache folder over"
         ))
     })?;
     let missing = missing_files(&dir)?;
@@ -267,67 +258,99 @@ fn fetch_hint(repo_id: &RepoId, options: &HubOptions) -> String {
     format!("fetch them with `{command}`")
 }
 
-/// Downloads what is missing of the snapshot into the cache and returns the snapshot folder.
-fn download(
-    repo_id: &RepoId,
-    cache: &Path,
-    options: &HubOptions,
-) -> std::result::Result<PathBuf, HFError> {
-    let client = HFClient::builder().cache_dir(cache).build_sync()?;
-    let bar = options
-        .progress
-        .then(|| Arc::new(DownloadBar::new(repo_id.to_string())));
-    let result = client
-        .model(&repo_id.owner, &repo_id.name)
-        .snapshot_download()
-        .revision(options.revision.clone())
-        .allow_patterns(DOWNLOAD_PATTERNS.iter().map(|p| p.to_string()).collect())
-        .maybe_progress(bar.clone().map(Progress::from))
-        .send();
-    if let Some(bar) = bar {
-        bar.bar.finish_and_clear();
+/// Downloads what is missing of the snapshot into the cache and returns the snapshot folder;
+/// the error says why not.
+#[cfg(feature = "hub")]
+fn download(repo_id: &RepoId, cache: &Path, options: &HubOptions) -> Result<PathBuf, String> {
+    tracing::info!("{repo_id}: downloading into {}", cache.display());
+    remote::download(repo_id, cache, options)
+        .map_err(|e| format!("downloading from the Hugging Face Hub failed: {e}"))
+}
+
+#[cfg(not(feature = "hub"))]
+fn download(_: &RepoId, _: &Path, _: &HubOptions) -> Result<PathBuf, String> {
+    Err("this build of imp cannot download (it was built without the cargo feature `hub`)".into())
+}
+
+#[cfg(feature = "hub")]
+mod remote {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    use hf_hub::progress::{DownloadEvent, Progress, ProgressEvent, ProgressHandler};
+    use hf_hub::{HFClient, HFError};
+    use indicatif::{ProgressBar, ProgressStyle};
+
+    use super::{HubOptions, RepoId};
+
+    /// What a download fetches: configs (including a vision tower's in a subfolder), weights,
+    /// tokenizer files and the optional tokenizer/generation configs. `*` also matches `/`.
+    const DOWNLOAD_PATTERNS: &[&str] =
+        &["*.json", "*.safetensors", "merges.txt", "tokenizer.model"];
+
+    pub(super) fn download(
+        repo_id: &RepoId,
+        cache: &Path,
+        options: &HubOptions,
+    ) -> std::result::Result<PathBuf, HFError> {
+        let client = HFClient::builder().cache_dir(cache).build_sync()?;
+        let bar = options
+            .progress
+            .then(|| Arc::new(DownloadBar::new(repo_id.to_string())));
+        let result = client
+            .model(&repo_id.owner, &repo_id.name)
+            .snapshot_download()
+            .revision(options.revision.clone())
+            .allow_patterns(DOWNLOAD_PATTERNS.iter().map(|p| p.to_string()).collect())
+            .maybe_progress(bar.clone().map(Progress::from))
+            .send();
+        if let Some(bar) = bar {
+            bar.bar.finish_and_clear();
+        }
+        result
     }
-    result
-}
 
-/// A byte-count bar over all files of a snapshot download.
-struct DownloadBar {
-    bar: ProgressBar,
-    /// Latest byte count per file: the library reports per-file totals, only for files that moved.
-    per_file: Mutex<HashMap<String, u64>>,
-}
+    /// A byte-count bar over all files of a snapshot download.
+    struct DownloadBar {
+        bar: ProgressBar,
+        /// Latest byte count per file: the library reports per-file totals, only for files
+        /// that moved.
+        per_file: Mutex<HashMap<String, u64>>,
+    }
 
-impl DownloadBar {
-    fn new(label: String) -> Self {
-        let bar = ProgressBar::new(0).with_message(label);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {eta}",
-            )
-            .expect("constant progress template"),
-        );
-        Self {
-            bar,
-            per_file: Mutex::default(),
+    impl DownloadBar {
+        fn new(label: String) -> Self {
+            let bar = ProgressBar::new(0).with_message(label);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {eta}",
+                )
+                .expect("constant progress template"),
+            );
+            Self {
+                bar,
+                per_file: Mutex::default(),
+            }
         }
     }
-}
 
-impl ProgressHandler for DownloadBar {
-    fn on_progress(&self, event: &ProgressEvent) {
-        match event {
-            ProgressEvent::Download(DownloadEvent::Start { total_bytes, .. }) => {
-                self.bar.set_length(*total_bytes);
-            }
-            ProgressEvent::Download(DownloadEvent::Progress { files }) => {
-                let mut per_file = self.per_file.lock().unwrap_or_else(PoisonError::into_inner);
-                for file in files {
-                    per_file.insert(file.filename.clone(), file.bytes_completed);
+    impl ProgressHandler for DownloadBar {
+        fn on_progress(&self, event: &ProgressEvent) {
+            match event {
+                ProgressEvent::Download(DownloadEvent::Start { total_bytes, .. }) => {
+                    self.bar.set_length(*total_bytes);
                 }
-                self.bar.set_position(per_file.values().sum());
+                ProgressEvent::Download(DownloadEvent::Progress { files }) => {
+                    let mut per_file = self.per_file.lock().unwrap_or_else(PoisonError::into_inner);
+                    for file in files {
+                        per_file.insert(file.filename.clone(), file.bytes_completed);
+                    }
+                    self.bar.set_position(per_file.values().sum());
+                }
+                // Xet batch totals repeat what the per-file events already count.
+                _ => {}
             }
-            // Xet batch totals repeat what the per-file events already count.
-            _ => {}
         }
     }
 }

@@ -28,8 +28,8 @@ mod conversation;
 mod error;
 pub mod files;
 mod generate;
-#[cfg(feature = "hub")]
 pub mod hub;
+pub mod messages;
 mod model;
 pub mod models;
 pub mod names;
@@ -48,7 +48,7 @@ pub use generate::{
     encode_images, generate, generate_in, generate_prepared, FinishReason, Generation,
     GenerationOptions, PreparedPrompt, Timings,
 };
-pub use model::{ImpModel, LoadOptions, ModelInfo};
+pub use model::{dtype_from_name, ImpModel, LoadOptions, ModelInfo};
 pub use preprocess::{decode_rgb, load_rgb, rgb_from_rows};
 pub use sampler::SamplingParams;
 pub use session::{ImageId, Position, Session};

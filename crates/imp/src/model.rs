@@ -44,6 +44,18 @@ pub struct LoadOptions {
     pub residual_dropout: f32,
 }
 
+/// A compute dtype by the name every front end takes: "f32", "f16" or "bf16".
+pub fn dtype_from_name(name: &str) -> Result<DType> {
+    match name {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        _ => Err(Error::InvalidArgument(format!(
+            "dtype `{name}` is not one of f32, f16, bf16"
+        ))),
+    }
+}
+
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {

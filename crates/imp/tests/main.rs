@@ -3,7 +3,7 @@
 //! against Pillow ([`preprocess`]), tokenizers against transformers and llama.cpp
 //! ([`tokenizer`]), sampling against transformers' processors ([`sampler`]), quantization and
 //! GGUF files ([`quant`]), 4-bit `Linear` layers against candle ([`linear`]), attention and
-//! rotary embeddings ([`attention`]), session reuse ([`session_reuse`]), the Hugging Face cache
+//! rotary embeddings ([`attention`]), OpenAI-shaped chat messages ([`messages`]), session reuse ([`session_reuse`]), the Hugging Face cache
 //! ([`hub`]), and clear errors for broken checkpoints and requests ([`bad_input`]). The kernels
 //! themselves are tested in `imp-kernels`.
 
@@ -11,9 +11,9 @@ mod support;
 
 mod attention;
 mod bad_input;
-#[cfg(feature = "hub")]
 mod hub;
 mod linear;
+mod messages;
 mod parity;
 mod preprocess;
 mod quant;

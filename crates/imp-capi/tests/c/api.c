@@ -57,6 +57,19 @@ static int stop_at_first_piece(const char *piece, void *user_data) {
     return 1;
 }
 
+/* Calls back into the session that is generating: `user_data` is that session. */
+static imp_status reentry_status = IMP_STATUS_OK;
+static char reentry_error[512];
+
+static int reenter_session(const char *piece, void *user_data) {
+    (void)piece;
+    char *text = NULL;
+    reentry_status = imp_generate((imp_session *)user_data, "Hi", NULL, 0, NULL, NULL, NULL, &text);
+    strncpy(reentry_error, imp_last_error(), sizeof reentry_error - 1);
+    imp_string_free(text);
+    return 1;
+}
+
 struct job {
     imp_model *model;
     const imp_image *image;
@@ -174,6 +187,15 @@ int main(int argc, char **argv) {
     check(strncmp(expected, first, strlen(first)) == 0, "callback: the first piece starts the answer");
     imp_string_free(text);
     imp_session_free(stopped);
+
+    /* A session in use (here: by the call whose callback this is) refuses a second call. */
+    imp_session *busy = NULL;
+    imp_session_new(model, &busy);
+    status = imp_generate(busy, question, &by_path, 1, GREEDY, reenter_session, busy, NULL);
+    check(status == IMP_STATUS_STOPPED && reentry_status == IMP_STATUS_INVALID_ARGUMENT &&
+              strstr(reentry_error, "in use") != NULL,
+          "a session in use refuses another call");
+    imp_session_free(busy);
 
     /* Two sessions of one model generating at once, on two threads; the model is freed
      * first: the sessions keep it alive. */
