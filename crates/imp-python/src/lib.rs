@@ -6,6 +6,7 @@
 //! every imp error becomes a Python exception carrying imp's message. The stubs beside this
 //! crate (`imp_rs.pyi`) document the API for type checkers and editors.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -441,7 +442,7 @@ struct Job {
 
 enum Event {
     Text(String),
-    Done(engine::Result<engine::Generation>),
+    Done(PyResult<engine::Generation>),
 }
 
 impl Job {
@@ -473,9 +474,13 @@ impl Job {
                         ..
                     } => lock(conversation).ask(&model, question, &images, &options, &mut on_text),
                 };
-                let result = match &pool {
+                // A panic becomes the stream's error rather than a silent end.
+                let result = match catch_unwind(AssertUnwindSafe(|| match &pool {
                     Some(pool) => pool.install(generate),
                     None => generate(),
+                })) {
+                    Ok(result) => result.map_err(to_py_err),
+                    Err(panic) => Err(internal_error(&*panic)),
                 };
                 // Released before the result is seen, so that the next turn may start at once.
                 drop(work);
@@ -490,6 +495,16 @@ impl Job {
     }
 }
 
+/// A panic inside imp (a bug) as an exception.
+fn internal_error(panic: &(dyn std::any::Any + Send)) -> PyErr {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    ImpError::new_err(format!("internal error in imp (a bug): {what}"))
+}
+
 fn finish(py: Python<'_>, stream: Stream, streaming: bool, details: bool) -> PyResult<Py<PyAny>> {
     if streaming {
         return Ok(Py::new(py, stream)?.into_any());
@@ -497,8 +512,8 @@ fn finish(py: Python<'_>, stream: Stream, streaming: bool, details: bool) -> PyR
     let generation = loop {
         match stream.next_event(py)? {
             Some(Event::Text(_)) => {}
-            Some(Event::Done(result)) => break result.map_err(to_py_err)?,
-            None => unreachable!("a stream ends with Done, and is read once here"),
+            Some(Event::Done(result)) => break result?,
+            None => return Err(ImpError::new_err("the generation ended without a result")),
         }
     };
     if details {
@@ -522,7 +537,7 @@ impl Stream {
     fn failed(error: std::io::Error, cancel: Arc<AtomicBool>) -> Self {
         let (sender, events) = mpsc::channel();
         let message = format!("starting a generation thread: {error}");
-        let _ = sender.send(Event::Done(Err(engine::Error::InvalidArgument(message))));
+        let _ = sender.send(Event::Done(Err(ImpError::new_err(message))));
         Self {
             events: Mutex::new(events),
             cancel,
@@ -576,7 +591,7 @@ impl Stream {
         match self.next_event(py)? {
             Some(Event::Text(piece)) => Ok(Some(piece)),
             Some(Event::Done(result)) => {
-                let generation = Generation::from(result.map_err(to_py_err)?);
+                let generation = Generation::from(result?);
                 *lock(&self.result) = Some(Py::new(py, generation)?);
                 Ok(None)
             }
