@@ -18,7 +18,7 @@ use pyo3::exceptions::{PyException, PyFileNotFoundError, PyTypeError, PyValueErr
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyString};
 
-use engine::messages::{decode_data_url, percent_decode, ChatMessages, DataUrlError};
+use engine::messages::{decode_data_url, ChatMessages, DataUrlError, ImageUrl};
 use engine::{GenerationOptions, ImpModel, Prompt};
 
 pyo3::create_exception!(
@@ -748,28 +748,28 @@ fn rows(bytes: &Bound<'_, PyAny>, width: u32, height: u32, name: &str) -> PyResu
 /// The image behind a chat message's URL: `data:`, `file://` or a path; never the network.
 fn image_from_url(url: &str, param: &str) -> PyResult<RgbImage> {
     let bytes_limit = engine::files::limits::IMAGE_BYTES as usize;
-    if let Some(rest) = url.strip_prefix("data:") {
-        let bytes = decode_data_url(rest, bytes_limit).map_err(|error| {
-            PyValueError::new_err(match error {
-                DataUrlError::Invalid(message) => {
-                    format!("{param}: invalid image data URL: {message}")
-                }
-                DataUrlError::TooLarge => {
-                    format!("{param}: the image is larger than {bytes_limit} bytes")
-                }
-            })
-        })?;
-        return engine::decode_rgb(&bytes, param).map_err(to_py_err);
-    }
-    if url.starts_with("http://") || url.starts_with("https://") {
-        return Err(PyValueError::new_err(format!(
-            "{param}: imp_rs does not download images; fetch {url} yourself and pass its bytes \
-             as a data: URL, or a path"
-        )));
-    }
-    let path = match url.strip_prefix("file://") {
-        Some(path) => percent_decode(path.strip_prefix("localhost").unwrap_or(path)),
-        None => url.to_owned(),
+    let path = match ImageUrl::parse(url) {
+        ImageUrl::Data(rest) => {
+            let bytes = decode_data_url(rest, bytes_limit).map_err(|error| {
+                PyValueError::new_err(match error {
+                    DataUrlError::Invalid(message) => {
+                        format!("{param}: invalid image data URL: {message}")
+                    }
+                    DataUrlError::TooLarge => {
+                        format!("{param}: the image is larger than {bytes_limit} bytes")
+                    }
+                })
+            })?;
+            return engine::decode_rgb(&bytes, param).map_err(to_py_err);
+        }
+        ImageUrl::Remote(url) => {
+            return Err(PyValueError::new_err(format!(
+                "{param}: imp_rs does not download images; fetch {url} yourself and pass its \
+                 bytes as a data: URL, or a path"
+            )))
+        }
+        ImageUrl::File(path) => path,
+        ImageUrl::Other(path) => path.to_owned(),
     };
     engine::load_rgb(path.as_ref()).map_err(to_py_err)
 }

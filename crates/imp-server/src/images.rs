@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use candle_core::Tensor;
-use imp::messages::{decode_data_url, percent_decode, DataUrlError};
+use imp::messages::{decode_data_url, DataUrlError, ImageUrl};
 use imp::{ImageId, ImpModel};
 
 use crate::disk_cache::DiskCache;
@@ -79,20 +79,18 @@ impl ImageSources {
 
     /// The bytes behind an `image_url`; `param` names it in errors.
     pub async fn fetch(&self, url: &str, param: &str) -> Result<ImageBytes, ApiError> {
-        let bytes = if let Some(rest) = url.strip_prefix("data:") {
-            self.data_url(rest, param)?
-        } else if let Some(path) = url.strip_prefix("file://") {
-            self.file(path, param).await?
-        } else if url.starts_with("http://") || url.starts_with("https://") {
-            self.remote(url, param).await?
-        } else {
-            return Err(ApiError::invalid(
-                "Unsupported image URL: expected a `data:` URL with base64 PNG, JPEG or WebP, a \
-                 `file://` path or an http(s) URL.",
-                Some(param),
-            )
-            .with_code("invalid_image_url"));
-        };
+        let bytes =
+            match ImageUrl::parse(url) {
+                ImageUrl::Data(rest) => self.data_url(rest, param)?,
+                ImageUrl::File(path) => self.file(path, param).await?,
+                ImageUrl::Remote(url) => self.remote(url, param).await?,
+                ImageUrl::Other(_) => return Err(ApiError::invalid(
+                    "Unsupported image URL: expected a `data:` URL with base64 PNG, JPEG or WebP, \
+                     a `file://` path or an http(s) URL.",
+                    Some(param),
+                )
+                .with_code("invalid_image_url")),
+            };
         Ok(ImageBytes {
             id: ImageId::of_bytes(&bytes),
             bytes,
@@ -114,7 +112,8 @@ impl ImageSources {
         })
     }
 
-    async fn file(&self, path: &str, param: &str) -> Result<Vec<u8>, ApiError> {
+    /// `path`: a `file://` URL's, decoded.
+    async fn file(&self, path: String, param: &str) -> Result<Vec<u8>, ApiError> {
         let Some(allowed) = &self.allow_files else {
             return Err(ApiError::invalid(
                 "file:// image URLs are disabled; start the server with --allow-files DIR to \
@@ -123,7 +122,6 @@ impl ImageSources {
             )
             .with_code("file_urls_disabled"));
         };
-        let path = percent_decode(path.strip_prefix("localhost").unwrap_or(path));
         // Canonical paths resolve `..` and symbolic links, so a prefix check is enough.
         let canonical = tokio::fs::canonicalize(&path)
             .await

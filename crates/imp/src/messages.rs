@@ -1,7 +1,8 @@
 //! Chat messages in OpenAI's shape (`[{"role", "content"}]`, content a string or text and
 //! `image_url` parts) read into Imp turns, for every front end that takes them (`imp serve`,
 //! the Python package). Where the images come from is the front end's policy: this module only
-//! says which URLs the messages name, in `<image>` marker order, and decodes `data:` URLs.
+//! says which URLs the messages name, in `<image>` marker order, what kind each is, and decodes
+//! `data:` URLs.
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -263,8 +264,37 @@ pub enum DataUrlError {
     TooLarge,
 }
 
-/// `%XX` escapes of a `file://` URL's path decoded.
-pub fn percent_decode(text: &str) -> String {
+/// Where an image URL of a message points. Which of these a front end fetches is its policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageUrl<'a> {
+    /// What follows `data:`, for [`decode_data_url`].
+    Data(&'a str),
+    /// The path of a `file://` URL (host empty or `localhost`), `%XX` escapes decoded.
+    File(String),
+    /// An `http://` or `https://` URL.
+    Remote(&'a str),
+    /// Anything else, such as a bare path.
+    Other(&'a str),
+}
+
+impl<'a> ImageUrl<'a> {
+    pub fn parse(url: &'a str) -> Self {
+        if let Some(rest) = url.strip_prefix("data:") {
+            Self::Data(rest)
+        } else if let Some(path) = url.strip_prefix("file://") {
+            Self::File(percent_decode(
+                path.strip_prefix("localhost").unwrap_or(path),
+            ))
+        } else if url.starts_with("http://") || url.starts_with("https://") {
+            Self::Remote(url)
+        } else {
+            Self::Other(url)
+        }
+    }
+}
+
+/// `%XX` escapes decoded.
+fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

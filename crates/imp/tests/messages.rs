@@ -1,6 +1,6 @@
 //! OpenAI-shaped chat messages read into turns, image references and `data:` URL bytes.
 
-use imp::messages::{decode_data_url, percent_decode, ChatMessages, DataUrlError, ImageRef};
+use imp::messages::{decode_data_url, ChatMessages, DataUrlError, ImageRef, ImageUrl};
 use imp::Turn;
 use serde_json::{json, Value};
 
@@ -134,6 +134,32 @@ fn data_urls_decode_within_their_limit() {
 }
 
 #[test]
-fn percent_escapes_of_file_urls_decode() {
-    assert_eq!(percent_decode("/a%20b/c%2Fd%zz"), "/a b/c/d%zz");
+fn image_urls_are_told_apart_and_file_paths_decoded() {
+    let cases = [
+        (
+            "data:image/png;base64,aGk=",
+            ImageUrl::Data("image/png;base64,aGk="),
+        ),
+        (
+            "file:///a%20b/c%2Fd%zz",
+            ImageUrl::File("/a b/c/d%zz".into()),
+        ),
+        ("file://localhost/x.png", ImageUrl::File("/x.png".into())),
+        (
+            "https://example.com/a.png",
+            ImageUrl::Remote("https://example.com/a.png"),
+        ),
+        (
+            "http://example.com/a.png",
+            ImageUrl::Remote("http://example.com/a.png"),
+        ),
+        ("photos/cat.png", ImageUrl::Other("photos/cat.png")),
+        (
+            "ftp://example.com/a.png",
+            ImageUrl::Other("ftp://example.com/a.png"),
+        ),
+    ];
+    for (url, kind) in cases {
+        assert_eq!(ImageUrl::parse(url), kind, "{url}");
+    }
 }
