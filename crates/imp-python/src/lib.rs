@@ -47,9 +47,15 @@ fn to_py_err(error: engine::Error) -> PyErr {
 /// threads share.
 #[pyclass(frozen, module = "imp_rs")]
 struct Model {
+    runner: Runner,
+    spec: String,
+}
+
+/// The weights and the threads they run on, shared by a model and its conversations.
+#[derive(Clone)]
+struct Runner {
     model: Arc<ImpModel>,
     pool: Option<Arc<rayon::ThreadPool>>,
-    spec: String,
 }
 
 #[pymethods]
@@ -112,8 +118,10 @@ impl Model {
             })
             .map_err(to_py_err)?;
         Ok(Self {
-            model: Arc::new(model),
-            pool: pool_of_threads,
+            runner: Runner {
+                model: Arc::new(model),
+                pool: pool_of_threads,
+            },
             spec,
         })
     }
@@ -210,16 +218,16 @@ impl Model {
                 .map(|image| image_from_url(&image.url, &image.param))
                 .collect::<PyResult<Vec<_>>>()
         })?;
-        let work = Work::Fresh(messages.prompt(self.model.config().decoder.family));
+        let family = self.runner.model.config().decoder.family;
+        let work = Work::Fresh(messages.prompt(family));
         self.run(py, work, images, sampling, stream, details)
     }
 
     /// A multi-turn conversation whose turns reuse the cache of the ones before.
     fn conversation(&self) -> Conversation {
         Conversation {
-            model: Arc::clone(&self.model),
-            pool: self.pool.clone(),
-            state: Arc::new(Mutex::new(engine::Conversation::new(&self.model))),
+            runner: self.runner.clone(),
+            state: Arc::new(Mutex::new(engine::Conversation::new(&self.runner.model))),
             busy: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -227,19 +235,19 @@ impl Model {
     /// The released model this checkpoint is laid out as, such as "Imp-v1.5-3B-Phi2".
     #[getter]
     fn variant(&self) -> &'static str {
-        self.model.info().variant
+        self.runner.model.info().variant
     }
 
     /// Rows each image takes in the prompt.
     #[getter]
     fn image_tokens(&self) -> usize {
-        self.model.image_tokens()
+        self.runner.model.image_tokens()
     }
 
     /// The longest prompt plus answer, in tokens.
     #[getter]
     fn max_context(&self) -> usize {
-        self.model.config().max_context
+        self.runner.model.config().max_context
     }
 
     fn __repr__(&self) -> String {
@@ -261,22 +269,15 @@ impl Model {
         stream: bool,
         details: bool,
     ) -> PyResult<Py<PyAny>> {
-        let job = Job {
-            model: Arc::clone(&self.model),
-            pool: self.pool.clone(),
-            work,
-            images,
-            options: sampling.options()?,
-        };
-        finish(py, job.start(), stream, details)
+        let started = self.runner.start(work, images, sampling.options()?);
+        finish(py, started, stream, details)
     }
 }
 
 /// One conversation with a model: its turns, images and cache. One question at a time.
 #[pyclass(frozen, module = "imp_rs")]
 struct Conversation {
-    model: Arc<ImpModel>,
-    pool: Option<Arc<rayon::ThreadPool>>,
+    runner: Runner,
     state: Arc<Mutex<engine::Conversation>>,
     /// Set while a question is being answered.
     busy: Arc<AtomicBool>,
@@ -321,18 +322,17 @@ impl Conversation {
         .options()?;
         let images = images_from_py(images)?;
         let busy = Busy::claim(&self.busy)?;
-        let job = Job {
-            model: Arc::clone(&self.model),
-            pool: self.pool.clone(),
-            work: Work::Turn {
-                conversation: Arc::clone(&self.state),
-                question: prompt.to_owned(),
-                _busy: busy,
-            },
-            images,
-            options,
+        let work = Work::Turn {
+            conversation: Arc::clone(&self.state),
+            question: prompt.to_owned(),
+            _busy: busy,
         };
-        finish(py, job.start(), stream, details)
+        finish(
+            py,
+            self.runner.start(work, images, options),
+            stream,
+            details,
+        )
     }
 
     /// Forgets the turns so far (the cache's memory is kept for the next ones).
@@ -432,24 +432,17 @@ enum Work {
     },
 }
 
-struct Job {
-    model: Arc<ImpModel>,
-    pool: Option<Arc<rayon::ThreadPool>>,
-    work: Work,
-    images: Vec<RgbImage>,
-    options: GenerationOptions,
-}
-
 enum Event {
     Text(String),
     Done(PyResult<engine::Generation>),
 }
 
-impl Job {
+impl Runner {
     /// Generates on a thread of its own (in the model's pool, if it has one).
-    fn start(self) -> Stream {
+    fn start(&self, work: Work, images: Vec<RgbImage>, options: GenerationOptions) -> Stream {
         let (sender, events) = mpsc::channel();
-        let cancel = self.options.cancel.clone().unwrap_or_default();
+        let cancel = options.cancel.clone().unwrap_or_default();
+        let Runner { model, pool } = self.clone();
         std::thread::Builder::new()
             .name("imp-generate".into())
             .spawn(move || {
@@ -457,13 +450,6 @@ impl Job {
                     // The receiver is gone when its stream was dropped, which also cancels.
                     let _ = sender.send(Event::Text(piece.to_owned()));
                 };
-                let Job {
-                    model,
-                    pool,
-                    work,
-                    images,
-                    options,
-                } = self;
                 let mut generate = || match &work {
                     Work::Fresh(prompt) => {
                         engine::generate(&model, prompt, &images, &options, &mut on_text)
