@@ -4,6 +4,7 @@ qemu-user on the fixture models and compares with transformers and with the x86 
 
 - the binary is static (no program interpreter: nothing to install on a phone);
 - f32 greedy tokens equal transformers' (expected.json) and the x86 build's, one model per family;
+- tokens sampled within a constraint (`--json-object`) equal the x86 build's;
 - q4_k tokens equal the x86 build's q4_k tokens, through the NEON kernels with dot products
   (`-cpu max`) and without them (`-cpu cortex-a53`), as `imp info` reports;
 - `ask` streams transformers' answer.
@@ -61,6 +62,10 @@ def main():
         got = tokens(arm, case)
         check(got == case["greedy_tokens"] == tokens([x86_imp], case),
               f"{name}: f32 tokens = transformers' = x86's", got)
+        constrained = ["--json-object", "--temperature", "1", "--seed", "3"]
+        got = tokens(arm, case, *constrained)
+        check(got == tokens([x86_imp], case, *constrained),
+              f"{name}: JSON-constrained sampled tokens = x86's", got)
         x86_q4k = tokens([x86_imp], case, "--quant", "q4_k")
         for cpu, isa in CPUS.items():
             arm = ["qemu-aarch64", "-cpu", cpu, arm_imp]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes every reader of untrusted input (fuzz/fuzz_targets) for SECONDS each (default 60),
-# seeded from the fixtures (scripts/fuzz_seeds.py); CI runs it with 30 as a smoke test.
+# seeded from the fixtures (scripts/fuzz_seeds.py); CI runs it with 10 as a smoke test.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #

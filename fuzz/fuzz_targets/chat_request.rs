@@ -24,13 +24,13 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         return;
     };
     for family in [Family::Phi2, Family::Qwen2, Family::Phi3] {
-        let prompt = request.conversation.prompt(family);
-        let _ = prompt.render(family, request.conversation.image_urls.len());
+        let prompt = request.messages.prompt(family);
+        let _ = prompt.render(family, request.messages.images.len());
     }
     let (runtime, sources) = sources();
-    for (url, param) in &request.conversation.image_urls {
-        if let Ok(image) = runtime.block_on(sources.fetch(url, param)) {
-            let _ = decode_rgb(&image.bytes, param);
+    for image in &request.messages.images {
+        if let Ok(bytes) = runtime.block_on(sources.fetch(&image.url, &image.param)) {
+            let _ = decode_rgb(&bytes.bytes, &image.param);
         }
     }
 });

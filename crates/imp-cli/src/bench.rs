@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// Seed of the synthetic weights.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Also decode the image question within this constraint, and compare its decode speed
+    /// with the free decode of the same run (it ends where the constraint is complete).
+    #[command(flatten)]
+    constraint: crate::ConstraintArgs,
 }
 
 /// Bytes the bandwidth probe streams: far beyond any last-level cache.
@@ -68,6 +72,9 @@ struct Sample {
     stages: Timings,
     decode_tok_s: f64,
     short_decode_tok_s: f64,
+    /// The image question within `--json-schema` (or another constraint): decode speed and
+    /// tokens generated.
+    constrained: Option<(f64, usize)>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -92,6 +99,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ignore_stop_tokens: true,
         ..Default::default()
     };
+    let constrained = args
+        .constraint
+        .constraint()?
+        .map(|c| model.compile_constraint(&c))
+        .transpose()?
+        .map(|grammar| GenerationOptions {
+            grammar: Some(grammar),
+            ..generation.clone()
+        });
     if prepared.len() + args.gen_tokens > model.config().max_context {
         bail!(
             "{} prompt positions plus {} new tokens exceed the context of {}",
@@ -107,7 +123,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let what = if round == 0 { "warm-up" } else { "run" };
             eprintln!("{what} {round}/{}", args.repeat);
         }
-        let sample = measure(&model, &images, &prepared, &short, &generation)?;
+        let sample = measure(
+            &model,
+            &images,
+            &prepared,
+            &short,
+            &generation,
+            constrained.as_ref(),
+        )?;
         if round > 0 {
             samples.push(sample);
         }
@@ -204,6 +227,15 @@ impl Measured<'_> {
         let weight_bytes = model.info().decode_weight_bytes;
         let bound_tok_s = self.bandwidth / weight_bytes as f64;
         let prefill_s = median(&|s| s.stages.prefill.as_secs_f64());
+        let constrained = self.samples[0].constrained.is_some().then(|| {
+            let tok_s = median(&|s| s.constrained.map_or(f64::NAN, |(tok_s, _)| tok_s));
+            let tokens = median(&|s| s.constrained.map_or(f64::NAN, |(_, n)| n as f64));
+            json!({
+                "decode_tok_s": tok_s,
+                "tokens": tokens,
+                "to_free_decode": tok_s / decode_tok_s,
+            })
+        });
         json!({
             "model": self.name,
             "quant": quant_label(model),
@@ -223,6 +255,7 @@ impl Measured<'_> {
             "decode_tok_s": decode_tok_s,
             "short_context_decode_tok_s": short_decode_tok_s,
             "long_to_short_decode": decode_tok_s / short_decode_tok_s,
+            "constrained": constrained,
             "peak_rss_bytes": crate::peak_rss_bytes(),
             "weight_bytes_per_token": weight_bytes,
             "bandwidth_gb_s": self.bandwidth / 1e9,
@@ -239,6 +272,7 @@ fn measure(
     prepared: &PreparedPrompt,
     short: &PreparedPrompt,
     options: &GenerationOptions,
+    constrained: Option<&GenerationOptions>,
 ) -> Result<Sample> {
     let mut stages = Timings::default();
     let rows = encode_images(model, images, &mut stages)?;
@@ -249,10 +283,25 @@ fn measure(
 
     let mut session = model.new_session();
     let generation = generate_prepared(model, &mut session, short, &[], options, &mut |_| {})?;
+    let short_decode_tok_s = generation.timings.decode_tokens_per_second();
+
+    let constrained = match constrained {
+        Some(options) => {
+            let mut session = model.new_session();
+            let generation =
+                generate_prepared(model, &mut session, prepared, &rows, options, &mut |_| {})?;
+            Some((
+                generation.timings.decode_tokens_per_second(),
+                generation.tokens.len(),
+            ))
+        }
+        None => None,
+    };
     Ok(Sample {
         stages,
         decode_tok_s,
-        short_decode_tok_s: generation.timings.decode_tokens_per_second(),
+        short_decode_tok_s,
+        constrained,
     })
 }
 
@@ -367,7 +416,20 @@ fn print_table(report: &Value) {
             format!("{:.2} GB", number("peak_rss_bytes") / 1e9),
         ),
     ];
-    for (label, value) in rows {
+    let constrained = &report["constrained"];
+    let constrained_row = constrained.is_object().then(|| {
+        let number = |key: &str| constrained[key].as_f64().unwrap_or(f64::NAN);
+        (
+            "constrained decode",
+            format!(
+                "{:.2} tok/s over {:.0} tokens ({:.2} of the free decode)",
+                number("decode_tok_s"),
+                number("tokens"),
+                number("to_free_decode")
+            ),
+        )
+    });
+    for (label, value) in rows.into_iter().chain(constrained_row) {
         println!("{label:<20} {value}");
     }
     println!(

@@ -17,7 +17,7 @@ use candle_core::DType;
 use clap::{Parser, Subcommand, ValueEnum};
 use imp::adapter::Adapter;
 use imp::hub::{resolve_model, HubOptions};
-use imp::{generate, GenerationOptions, ImpModel, LoadOptions, Prompt, SamplingParams};
+use imp::{generate, Constraint, GenerationOptions, ImpModel, LoadOptions, Prompt, SamplingParams};
 use imp_tools::synthetic::{self, Preset};
 use serde_json::json;
 
@@ -140,6 +140,49 @@ struct RunArgs {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    constraint: ConstraintArgs,
+}
+
+/// What the answer must match (one at most): its tokens are chosen only among those that keep
+/// it matching.
+#[derive(clap::Args, Default)]
+#[group(multiple = false)]
+pub struct ConstraintArgs {
+    /// The answer is JSON valid under this JSON schema (a file).
+    #[arg(long, value_name = "FILE")]
+    json_schema: Option<PathBuf>,
+    /// The answer is a JSON object.
+    #[arg(long)]
+    json_object: bool,
+    /// The whole answer matches this regular expression.
+    #[arg(long, value_name = "RE")]
+    regex: Option<String>,
+    /// The answer follows this Lark grammar (a file; `start:` is the whole answer).
+    #[arg(long, value_name = "FILE.lark")]
+    grammar: Option<PathBuf>,
+}
+
+impl ConstraintArgs {
+    pub fn constraint(&self) -> Result<Option<Constraint>> {
+        let read = |path: &PathBuf| {
+            imp::files::read_to_string(path, imp::files::limits::CONFIG_BYTES)
+                .with_context(|| format!("reading {}", path.display()))
+        };
+        Ok(if let Some(path) = &self.json_schema {
+            let schema = serde_json::from_str(&read(path)?)
+                .with_context(|| format!("{}: not JSON", path.display()))?;
+            Some(Constraint::JsonSchema(schema))
+        } else if self.json_object {
+            Some(Constraint::JsonObject)
+        } else if let Some(regex) = &self.regex {
+            Some(Constraint::Regex(regex.clone()))
+        } else if let Some(path) = &self.grammar {
+            Some(Constraint::Lark(read(path)?))
+        } else {
+            None
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -274,7 +317,8 @@ fn run(args: RunArgs) -> Result<()> {
     if args.max_new_tokens == 0 {
         bail!("--max-new-tokens must be at least 1");
     }
-    // Read the images before the (slow) model load so that a bad file fails fast.
+    // Read the inputs before the (slow) model load so that a bad file fails fast.
+    let constraint = args.constraint.constraint()?;
     let images = args
         .image
         .iter()
@@ -289,6 +333,9 @@ fn run(args: RunArgs) -> Result<()> {
         sampling,
         stop_strings: args.stop,
         top_logprobs: args.top_logprobs,
+        grammar: constraint
+            .map(|c| model.compile_constraint(&c))
+            .transpose()?,
         ..Default::default()
     };
     let prompt = Prompt::from_cli(&args.prompt);

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use imp::{GenerationOptions, ImpModel, Position, PreparedPrompt, Session};
 use tokio::sync::{mpsc, Semaphore, TryAcquireError};
@@ -15,10 +16,20 @@ use crate::metrics::{Gauges, Metrics};
 /// What a generation reports while it runs.
 pub enum Event {
     Text(String),
-    Done(Result<imp::Generation, ApiError>),
+    /// Boxed: an answer is far larger than a piece of text.
+    Done(Result<Box<Answer>, ApiError>),
+}
+
+pub struct Answer {
+    pub generation: imp::Generation,
+    /// From the request's arrival to its first token's logits: reading it, fetching and
+    /// encoding its images, waiting for a slot, prefill.
+    pub time_to_first_token: Duration,
 }
 
 pub struct Job {
+    /// When the request arrived.
+    pub received: Instant,
     pub prepared: PreparedPrompt,
     pub images: Vec<ImageBytes>,
     pub options: GenerationOptions,
@@ -127,20 +138,17 @@ impl Engine {
             self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
         }
         // The receiver is gone only when the client is.
-        let _ = sender.send(Event::Done(result));
+        let _ = sender.send(Event::Done(result.map(Box::new)));
     }
 
-    fn generate(
-        &self,
-        job: &Job,
-        on_text: &mut dyn FnMut(&str),
-    ) -> Result<imp::Generation, ApiError> {
+    fn generate(&self, job: &Job, on_text: &mut dyn FnMut(&str)) -> Result<Answer, ApiError> {
         let rows = job
             .images
             .iter()
             .map(|image| self.images.rows(&self.model, image, &self.metrics))
             .collect::<Result<Vec<_>, _>>()?;
         let (mut session, continued) = self.pool().take(&self.model, job.prepared.positions());
+        let before_prefill = job.received.elapsed();
         let result = imp::generate_prepared(
             &self.model,
             &mut session,
@@ -167,7 +175,10 @@ impl Engine {
         if generation.timings.decode_steps > 0 {
             m.tokens_per_second(generation.timings.decode_tokens_per_second());
         }
-        Ok(generation)
+        Ok(Answer {
+            time_to_first_token: before_prefill + generation.timings.prefill,
+            generation,
+        })
     }
 
     fn pool(&self) -> std::sync::MutexGuard<'_, SessionPool> {

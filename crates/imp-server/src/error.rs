@@ -157,6 +157,7 @@ impl From<imp::Error> for ApiError {
                 Self::invalid(message, Some("messages"))
             }
             imp::Error::InvalidArgument(_) => Self::invalid(message, None),
+            imp::Error::Constraint(_) => Self::invalid(message, Some("response_format")),
             _ => Self::internal(message),
         }
     }

@@ -1,7 +1,8 @@
 //! `imp serve`: an OpenAI-compatible HTTP server for Imp models.
 //!
 //! `POST /v1/chat/completions` (plain and streaming, images as `data:` URLs, `file://` paths or
-//! http(s) URLs), `GET /v1/models`, `GET /health` and `GET /metrics`. Generations run on
+//! http(s) URLs, answers constrained by `response_format`), `GET /v1/models`, `GET /health`,
+//! `GET /metrics`, and a chat page at `/`. Generations run on
 //! blocking threads, `--parallel` at a time, with a bounded queue behind them; projected images
 //! are cached by content hash, and conversation caches are kept so that the next turn only
 //! prefills what is new.
@@ -14,6 +15,7 @@ mod metrics;
 mod net;
 mod openai;
 mod routes;
+mod webui;
 
 use std::future::{Future, IntoFuture};
 use std::path::{Path, PathBuf};
@@ -110,6 +112,9 @@ pub struct ServerConfig {
     /// answered 503 at once); connections still open after it are closed.
     #[arg(long, default_value = "30", value_parser = parse_seconds)]
     pub grace_period: Duration,
+    /// Serve no chat page at `/` (the API only).
+    #[arg(long)]
+    pub no_webui: bool,
 }
 
 impl ServerConfig {
@@ -185,6 +190,7 @@ impl Server {
             max_body_bytes: config.max_body_bytes,
             body_timeout: config.body_timeout,
             request_timeout: config.request_timeout,
+            webui: !config.no_webui,
             created: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

@@ -5,8 +5,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use imp::messages::ChatMessages;
-use imp::{Generation, SamplingParams};
+use imp::{Constraint, Generation, SamplingParams};
 
+use crate::engine::Answer;
 use crate::error::ApiError;
 
 /// OpenAI's limit on `top_logprobs`.
@@ -28,6 +29,7 @@ struct RawRequest {
     n: Option<u32>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
+    response_format: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +55,8 @@ pub struct ChatRequest {
     pub logprobs: Option<usize>,
     pub stream: bool,
     pub include_usage: bool,
+    /// From `response_format`: what the answer must match.
+    pub constraint: Option<Constraint>,
 }
 
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
@@ -135,6 +139,12 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         (false, _) => None,
     };
     let stream = raw.stream.unwrap_or(false);
+    let constraint = raw
+        .response_format
+        .as_ref()
+        .map(response_format)
+        .transpose()?
+        .flatten();
     Ok(ChatRequest {
         model: raw.model,
         messages: ChatMessages::parse(&raw.messages)?,
@@ -148,7 +158,72 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
                 .stream_options
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
+        constraint,
     })
+}
+
+/// OpenAI's `response_format`: `{"type": "text"}`, `{"type": "json_object"}` or
+/// `{"type": "json_schema", "json_schema": {"name", "description", "schema", "strict"}}`. The
+/// schema itself is checked when it is compiled.
+fn response_format(format: &Value) -> Result<Option<Constraint>, ApiError> {
+    const PARAM: &str = "response_format";
+    let invalid = |message: String, param: &str| Err(ApiError::invalid(message, Some(param)));
+    let Some(object) = format.as_object() else {
+        return invalid("response_format must be an object.".into(), PARAM);
+    };
+    match object.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Constraint::JsonObject)),
+        Some("json_schema") => {
+            let param = "response_format.json_schema";
+            let Some(json_schema) = object.get("json_schema").and_then(Value::as_object) else {
+                return invalid(
+                    "response_format of type json_schema needs a `json_schema` object.".into(),
+                    param,
+                );
+            };
+            let name = json_schema.get("name").and_then(Value::as_str);
+            let valid_name = |name: &str| {
+                (1..=64).contains(&name.len())
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            };
+            if !name.is_some_and(valid_name) {
+                return invalid(
+                    "json_schema.name is required: 1 to 64 letters, digits, `_` or `-`.".into(),
+                    "response_format.json_schema.name",
+                );
+            }
+            if let Some(strict) = json_schema.get("strict") {
+                if !strict.is_boolean() && !strict.is_null() {
+                    return invalid(
+                        "json_schema.strict must be a boolean.".into(),
+                        "response_format.json_schema.strict",
+                    );
+                }
+            }
+            // OpenAI's schema is optional: without one, any JSON value.
+            let schema = json_schema.get("schema").cloned().unwrap_or(json!({}));
+            if !schema.is_object() && !schema.is_boolean() {
+                return invalid(
+                    "json_schema.schema must be a JSON Schema object.".into(),
+                    "response_format.json_schema.schema",
+                );
+            }
+            Ok(Some(Constraint::JsonSchema(schema)))
+        }
+        Some(other) => invalid(
+            format!(
+                "Unsupported response_format type {other:?}: use \"text\", \"json_object\" or \"json_schema\"."
+            ),
+            "response_format.type",
+        ),
+        None => invalid(
+            "response_format needs a `type`: \"text\", \"json_object\" or \"json_schema\".".into(),
+            "response_format.type",
+        ),
+    }
 }
 
 pub fn usage(generation: &Generation) -> Value {
@@ -158,6 +233,20 @@ pub fn usage(generation: &Generation) -> Value {
         "completion_tokens": completion,
         "total_tokens": generation.prompt_tokens + completion,
         "prompt_tokens_details": {"cached_tokens": generation.reused_tokens},
+    })
+}
+
+/// How long the answer took, beside `usage` (an extension, as llama.cpp's `timings`): what the
+/// web page shows under each answer.
+pub fn timings(answer: &Answer) -> Value {
+    let timings = &answer.generation.timings;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    json!({
+        "time_to_first_token_ms": ms(answer.time_to_first_token),
+        "prefill_ms": ms(timings.prefill),
+        "decode_ms": ms(timings.decode),
+        "decode_tokens": timings.decode_steps,
+        "decode_tokens_per_second": timings.decode_tokens_per_second(),
     })
 }
 

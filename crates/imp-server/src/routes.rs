@@ -1,5 +1,5 @@
 //! HTTP handlers: chat completions (plain and server-sent events), models, health, metrics,
-//! the API key check, and JSON errors for everything else (unknown routes, panics).
+//! the chat page, the API key check, and JSON errors for everything else (unknown routes, panics).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -23,7 +23,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::engine::{Engine, Event, Job};
+use crate::engine::{Answer, Engine, Event, Job};
 use crate::error::ApiError;
 use crate::images::ImageSources;
 use crate::net;
@@ -37,6 +37,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
     pub request_timeout: Duration,
+    /// The chat page at `/`.
+    pub webui: bool,
     pub created: u64,
 }
 
@@ -47,8 +49,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    let webui = if state.webui {
+        crate::webui::routes()
+    } else {
+        Router::new()
+    };
     Router::new()
         .merge(api)
+        .merge(webui)
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -202,7 +210,7 @@ async fn chat(
     request: Request,
     deadline: Instant,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
+    let started = std::time::Instant::now();
     let body = read_body(state, request).await?;
     let request = openai::parse_request(&body)?;
     if !state.model_names.contains(&request.model) {
@@ -216,10 +224,18 @@ async fn chat(
     let model = Arc::clone(&state.engine.model);
     let prompt = request.messages.prompt(model.config().decoder.family);
     let ids: Vec<ImageId> = images.iter().map(|image| image.id).collect();
-    // Tokenizing a long conversation is CPU work: keep it off the async threads.
-    let prepared = tokio::task::spawn_blocking(move || PreparedPrompt::new(&model, &prompt, &ids))
-        .await
-        .map_err(|e| ApiError::internal(format!("preparing the prompt failed: {e}")))??;
+    let constraint = request.constraint.clone();
+    // Tokenizing a long conversation and compiling a schema are CPU work: keep them off the
+    // async threads.
+    let (prepared, grammar) = tokio::task::spawn_blocking(move || {
+        let prepared = PreparedPrompt::new(&model, &prompt, &ids)?;
+        let grammar = constraint
+            .map(|c| model.compile_constraint(&c))
+            .transpose()?;
+        Ok::<_, imp::Error>((prepared, grammar))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("preparing the prompt failed: {e}")))??;
 
     let cancel = Arc::new(AtomicBool::new(false));
     let guard = CancelOnDrop(Arc::clone(&cancel));
@@ -233,8 +249,10 @@ async fn chat(
         top_logprobs: request.logprobs.map_or(0, |k| k.max(1)),
         cancel: Some(Arc::clone(&cancel)),
         ignore_stop_tokens: false,
+        grammar,
     };
     let job = Job {
+        received: started,
         prepared,
         images,
         options,
@@ -260,7 +278,7 @@ async fn chat(
     loop {
         match event {
             Event::Text(_) => event = next_event(&mut events).await,
-            Event::Done(result) => return Ok(Json(reply.completion(&result?)).into_response()),
+            Event::Done(answer) => return Ok(Json(reply.completion(&*answer?)).into_response()),
         }
     }
 }
@@ -311,7 +329,8 @@ impl Reply {
         }
     }
 
-    fn completion(&self, generation: &Generation) -> Value {
+    fn completion(&self, answer: &Answer) -> Value {
+        let generation = &answer.generation;
         json!({
             "id": self.id,
             "object": "chat.completion",
@@ -324,6 +343,7 @@ impl Reply {
                 "finish_reason": generation.finish_reason.as_str(),
             }],
             "usage": openai::usage(generation),
+            "timings": openai::timings(answer),
         })
     }
 
@@ -352,11 +372,12 @@ impl Reply {
             Event::Text(text) => {
                 out.push_back(self.chunk(json!({"content": text}), Value::Null, None))
             }
-            Event::Done(Ok(generation)) => {
+            Event::Done(Ok(answer)) => {
+                let generation = &answer.generation;
                 // Log-probabilities come with the last chunk: streamed pieces are not tokens.
                 out.push_back(self.chunk(
                     json!({}),
-                    self.logprobs(&generation),
+                    self.logprobs(generation),
                     Some(generation.finish_reason.as_str()),
                 ));
                 if self.request.include_usage {
@@ -366,7 +387,8 @@ impl Reply {
                         "created": self.created,
                         "model": self.model,
                         "choices": [],
-                        "usage": openai::usage(&generation),
+                        "usage": openai::usage(generation),
+                        "timings": openai::timings(&answer),
                     })));
                 }
                 out.push_back(SseEvent::default().data("[DONE]"));

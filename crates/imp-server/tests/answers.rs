@@ -1,4 +1,5 @@
-//! Answers, whole and streamed, equal the library's; `/v1/models` lists the served model.
+//! Answers, whole and streamed, equal the library's, within `response_format` when given, with
+//! their timings; `/v1/models` lists the served model; the chat page is served unless turned off.
 
 use axum::http::StatusCode;
 use imp::SamplingParams;
@@ -75,6 +76,89 @@ async fn streamed_chunks_add_up_to_the_answer_and_end_with_usage_and_done() {
     let usage = &chunks.last().unwrap()["usage"];
     assert_eq!(usage["completion_tokens"], expected.tokens.len());
     assert_eq!(usage["prompt_tokens"], expected.prompt_tokens);
+    let timings = &chunks.last().unwrap()["timings"];
+    assert_eq!(timings["decode_tokens"], expected.timings.decode_steps);
+    let ttft = timings["time_to_first_token_ms"].as_f64().unwrap();
+    assert!(ttft >= timings["prefill_ms"].as_f64().unwrap(), "{timings}");
+}
+
+#[tokio::test]
+async fn response_format_answers_are_the_library_s_constrained_answers() {
+    let app = app(&[]);
+    let schema = json!({
+        "type": "object",
+        "properties": {"animal": {"enum": ["cat", "dog"]}, "lives": {"type": "integer", "minimum": 1, "maximum": 9}},
+        "required": ["animal", "lives"],
+        "additionalProperties": false,
+    });
+    let model = crate::support::model();
+    let sampling = SamplingParams {
+        temperature: 0.9,
+        seed: 11,
+        ..Default::default()
+    };
+    for (format, constraint) in [
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "cat", "schema": schema}}),
+            imp::Constraint::JsonSchema(schema.clone()),
+        ),
+        (json!({"type": "json_object"}), imp::Constraint::JsonObject),
+    ] {
+        let expected = imp::generate(
+            &model,
+            &imp::Prompt::Question(crate::support::QUESTION.into()),
+            &[imp::load_rgb(&crate::support::image_path()).unwrap()],
+            &imp::GenerationOptions {
+                max_new_tokens: 60,
+                sampling: sampling.clone(),
+                grammar: Some(model.compile_constraint(&constraint).unwrap()),
+                ..Default::default()
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        let body = question(
+            &chelsea(),
+            json!({"temperature": 0.9, "seed": 11, "max_tokens": 60, "response_format": format}),
+        );
+        let (status, reply) = chat(&app, &body).await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        let choice = &reply["choices"][0];
+        assert_eq!(choice["message"]["content"], expected.text.as_str());
+        assert_eq!(choice["finish_reason"], expected.finish_reason.as_str());
+    }
+}
+
+#[tokio::test]
+async fn the_chat_page_is_served_at_the_root_unless_turned_off() {
+    let app = app(&[]);
+    for (path, content_type, marker) in [
+        ("/", "text/html", "<script src=\"/webui/app.js\""),
+        ("/webui/app.js", "text/javascript", "/v1/chat/completions"),
+        ("/webui/app.css", "text/css", "#drop-overlay"),
+    ] {
+        let response = tower::ServiceExt::oneshot(app.clone(), get(path))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let headers = response.headers();
+        assert!(headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with(content_type));
+        assert!(headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'self'"));
+        let (_, body) = send(&app, get(path)).await;
+        assert!(body.contains(marker), "{path}");
+    }
+    let api_only = crate::support::app(&["--no-webui"]);
+    assert_eq!(send(&api_only, get("/")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        send(&api_only, get("/webui/app.js")).await.0,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]

@@ -61,6 +61,25 @@ async fn bad_requests_get_openai_errors_with_the_right_status() {
             json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}),
             "messages",
         ),
+        bad_field(json!({"response_format": "json"}), "response_format"),
+        bad_field(
+            json!({"response_format": {"type": "xml"}}),
+            "response_format.type",
+        ),
+        bad_field(
+            json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}),
+            "response_format.json_schema.name",
+        ),
+        bad_field(
+            json!({"response_format": {"type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "strin"}}}}),
+            "response_format",
+        ),
+        bad_field(
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x",
+                "schema": {"type": "array", "minItems": 3, "maxItems": 1}}}}),
+            "response_format",
+        ),
         (
             with(json!({"model": "gpt-4o"})),
             StatusCode::NOT_FOUND,

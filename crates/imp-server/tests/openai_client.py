@@ -21,8 +21,10 @@ import unittest
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Literal
 
 import openai
+import pydantic
 
 ROOT = Path(__file__).resolve().parents[3]
 IMP = Path(os.environ.get("IMP_BIN", ROOT / "target/debug/imp"))
@@ -198,6 +200,52 @@ class OpenAIClient(unittest.TestCase):
             "imp_kv_cache_hits_total": 1,
             "imp_kv_cache_reused_tokens_total": cached,
         })
+
+    def test_json_schema_answers_parse_into_a_pydantic_model(self):
+        # The client's own structured-output path: it sends a strict json_schema built from the
+        # class and parses the reply into it (the tiny model's free answer is gibberish).
+        class Scene(pydantic.BaseModel):
+            animal: Literal["cat", "dog", "bird"]
+            legs: int = pydantic.Field(ge=0, le=8)
+            colours: list[Literal["black", "brown", "white"]] = pydantic.Field(max_length=3)
+
+        for seed in (1, 2, 3):
+            reply = self.client.chat.completions.parse(
+                model=MODEL, messages=[image_message(self.chelsea)], response_format=Scene,
+                temperature=1, seed=seed, max_tokens=100)
+            choice = reply.choices[0]
+            self.assertEqual(choice.finish_reason, "stop", choice.message.content)
+            self.assertIsInstance(choice.message.parsed, Scene, choice.message.content)
+
+    def test_json_object_and_streamed_schema_answers(self):
+        schema = {"type": "object", "additionalProperties": False, "required": ["count"],
+                  "properties": {"count": {"type": "integer", "minimum": 0, "maximum": 20}}}
+        stream = self.ask(temperature=0.9, seed=5, max_tokens=40, stream=True, response_format={
+            "type": "json_schema", "json_schema": {"name": "count", "schema": schema}})
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        self.assertEqual(list(json.loads(text)), ["count"])
+        reply = self.ask(temperature=0, max_tokens=300, response_format={"type": "json_object"})
+        if reply.choices[0].finish_reason == "stop":
+            self.assertIsInstance(json.loads(reply.choices[0].message.content), dict)
+        else:
+            self.assertTrue(reply.choices[0].message.content.startswith("{"))
+
+    def test_bad_response_formats_are_400s_naming_the_problem(self):
+        def schema_format(schema):
+            return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+
+        for response_format, param, words in [
+            ({"type": "yaml"}, "response_format.type", "yaml"),
+            ({"type": "json_schema"}, "response_format.json_schema", "json_schema"),
+            ({"type": "json_schema", "json_schema": {"schema": {}}},
+             "response_format.json_schema.name", "name"),
+            (schema_format({"type": "strin"}), "response_format", "strin"),
+            (schema_format({"type": "string", "minLength": 3, "maxLength": 1}),
+             "response_format", "JSON schema"),
+        ]:
+            error = self.assert_error(openai.BadRequestError, None,
+                                      lambda: self.ask(response_format=response_format), param)
+            self.assertIn(words, error.body["message"])
 
     def test_models_are_listed(self):
         self.assertEqual([m.id for m in self.client.models.list()], [MODEL])

@@ -36,7 +36,7 @@ pub fn image_path() -> PathBuf {
 }
 
 /// The fixture model, loaded once for every test.
-fn model() -> Arc<ImpModel> {
+pub fn model() -> Arc<ImpModel> {
     static MODEL: OnceLock<Arc<ImpModel>> = OnceLock::new();
     MODEL
         .get_or_init(|| Arc::new(ImpModel::load(&model_dir(), &LoadOptions::default()).unwrap()))

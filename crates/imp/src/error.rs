@@ -43,6 +43,10 @@ pub enum Error {
     #[error("model {name}: {message}")]
     ModelNotFound { name: String, message: String },
 
+    /// A constraint on the answer that cannot be compiled, or that no token can continue.
+    #[error("constraint: {0}")]
+    Constraint(String),
+
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use candle_core::Tensor;
 use image::RgbImage;
 
+use crate::constraint::{Grammar, Guide};
 use crate::model::ImpModel;
 use crate::sampler::{logprob, top_logprobs, Sampler, SamplingParams};
 use crate::session::{ImageId, Position, Session};
@@ -29,8 +30,10 @@ pub struct GenerationOptions {
     /// [`Error::Cancelled`].
     pub cancel: Option<Arc<AtomicBool>>,
     /// Generate exactly `max_new_tokens`, passing stop tokens (for benchmarks, like llama.cpp's
-    /// `--ignore-eos`).
+    /// `--ignore-eos`); a grammar's end still ends the answer.
     pub ignore_stop_tokens: bool,
+    /// The answer must match this ([`ImpModel::compile_constraint`]).
+    pub grammar: Option<Grammar>,
 }
 
 impl Default for GenerationOptions {
@@ -42,6 +45,7 @@ impl Default for GenerationOptions {
             top_logprobs: 0,
             cancel: None,
             ignore_stop_tokens: false,
+            grammar: None,
         }
     }
 }
@@ -262,6 +266,8 @@ pub fn generate_prepared(
         .min(model.config().max_context - prompt_tokens);
 
     let start = Instant::now();
+    // Its first mask is computed while the prompt is prefilled.
+    let mut guide = options.grammar.as_ref().map(Guide::start).transpose()?;
     let embeds = model.splice(&prepared.ids, images)?;
     // Positions fed without being recorded cannot be reused; the last prompt position is always
     // fed again because its logits give the first token.
@@ -291,8 +297,12 @@ pub fn generate_prepared(
         if cancelled() {
             return Err(Error::Cancelled);
         }
+        if let Some(guide) = &mut guide {
+            guide.next_mask()?.apply(&mut logits);
+        }
         let token = sampler.sample(&logits, &history);
-        if !options.ignore_stop_tokens && model.stop_token_ids().contains(&token) {
+        let stops_here = !options.ignore_stop_tokens || guide.is_some();
+        if stops_here && model.stop_token_ids().contains(&token) {
             finish_reason = FinishReason::Stop;
             break;
         }
@@ -309,6 +319,10 @@ pub fn generate_prepared(
         }
         if tokens.len() == max_new_tokens {
             break;
+        }
+        // The next mask is computed while the decoder runs.
+        if let Some(guide) = &mut guide {
+            guide.advance(token);
         }
         let hidden = model
             .decoder()

@@ -3,7 +3,7 @@
 //! The data path is visible in the module layout:
 //! image → [`preprocess`] → [`models::vision`] (SigLIP trunk) → [`models::projector`] → splice
 //! into the token embeddings ([`ImpModel`]) → [`models::decoder`] with a per-conversation
-//! [`Session`] → [`sampler`] → text ([`generate()`]).
+//! [`Session`] → [`sampler`] (within a [`constraint`], if one is given) → text ([`generate()`]).
 //!
 //! Weights come from a [`checkpoint::TensorSource`] (a Hugging Face folder, a GGUF file written
 //! by [`quantize::write_gguf`], or a source of your own) and are built into the layers of [`nn`],
@@ -24,6 +24,7 @@
 pub mod adapter;
 pub mod checkpoint;
 pub mod config;
+pub mod constraint;
 mod conversation;
 mod error;
 pub mod files;
@@ -42,6 +43,7 @@ mod session;
 pub mod template;
 pub mod tokenizer;
 
+pub use constraint::{Constraint, Grammar};
 pub use conversation::Conversation;
 pub use error::{Error, Result};
 pub use generate::{

@@ -4,13 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::adapter::Adapter;
 use crate::checkpoint::{self, TensorSource, Weights};
 use crate::config::{AspectMode, Family, ImpConfig};
+use crate::constraint::{Constraint, Grammar, Vocabulary};
 use crate::models::{pool_patches, Decoder, Projector, VisionTower};
 use crate::preprocess::ImagePreprocessor;
 use crate::quant::{self, Part, Quantization, WeightGroup};
@@ -98,6 +99,8 @@ pub struct ImpModel {
     bos_token_id: Option<u32>,
     stop_token_ids: Vec<u32>,
     pool: usize,
+    /// Built by the first constrained request: most never need it.
+    vocabulary: OnceLock<Vocabulary>,
 }
 
 impl ImpModel {
@@ -180,6 +183,7 @@ impl ImpModel {
             bos_token_id: special.bos,
             stop_token_ids: special.stop,
             pool: options.pool,
+            vocabulary: OnceLock::new(),
         })
     }
 
@@ -228,6 +232,25 @@ impl ImpModel {
     /// Patch neighbourhood averaged before the projector (1 = none).
     pub fn pool(&self) -> usize {
         self.pool
+    }
+
+    /// Checks and compiles a constraint on the answer for [`GenerationOptions::grammar`]
+    /// (the first call also indexes the vocabulary: tens of milliseconds).
+    ///
+    /// [`GenerationOptions::grammar`]: crate::GenerationOptions::grammar
+    pub fn compile_constraint(&self, constraint: &Constraint) -> Result<Grammar> {
+        let vocabulary = match self.vocabulary.get() {
+            Some(vocabulary) => vocabulary,
+            None => {
+                let built = Vocabulary::new(
+                    &self.tokenizer,
+                    self.config.decoder.vocab_size,
+                    &self.stop_token_ids,
+                )?;
+                self.vocabulary.get_or_init(|| built)
+            }
+        };
+        vocabulary.compile(constraint)
     }
 
     /// A fresh conversation state for this model.

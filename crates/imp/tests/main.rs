@@ -3,7 +3,8 @@
 //! against Pillow ([`preprocess`]), tokenizers against transformers and llama.cpp
 //! ([`tokenizer`]), sampling against transformers' processors ([`sampler`]), quantization and
 //! GGUF files ([`quant`]), 4-bit `Linear` layers against candle ([`linear`]), attention and
-//! rotary embeddings ([`attention`]), OpenAI-shaped chat messages ([`messages`]), session reuse ([`session_reuse`]), the Hugging Face cache
+//! rotary embeddings ([`attention`]), OpenAI-shaped chat messages ([`messages`]), session reuse
+//! ([`session_reuse`]), answers within JSON schemas, regexes and grammars ([`constrained`]), the Hugging Face cache
 //! ([`hub`]), and clear errors for broken checkpoints and requests ([`bad_input`]). The kernels
 //! themselves are tested in `imp-kernels`.
 
@@ -11,6 +12,7 @@ mod support;
 
 mod attention;
 mod bad_input;
+mod constrained;
 mod hub;
 mod linear;
 mod messages;
