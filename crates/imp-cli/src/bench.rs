@@ -79,6 +79,8 @@ struct Sample {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     check_args(&args)?;
+    // Inputs are read before the (slow) bandwidth probe and model load, so a bad file fails fast.
+    let constraint = args.constraint.constraint()?;
     let image = match &args.image {
         Some(path) => Some(imp::load_rgb(path)?),
         None => (!args.no_image).then(generated_image),
@@ -99,9 +101,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ignore_stop_tokens: true,
         ..Default::default()
     };
-    let constrained = args
-        .constraint
-        .constraint()?
+    let constrained = constraint
         .map(|c| model.compile_constraint(&c))
         .transpose()?
         .map(|grammar| GenerationOptions {

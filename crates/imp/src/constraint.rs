@@ -101,15 +101,15 @@ impl Vocabulary {
                 "constrained decoding needs a stop token inside the vocabulary".into(),
             ));
         };
-        let built = parser_panic_as_error(|| {
+        let failed = |e: String| Error::Tokenizer(format!("cannot index the vocabulary: {e}"));
+        let mut factory = parser_panic_as_error(|| {
             let info = TokRxInfo::new(logits as u32, eos);
             let trie = TokTrie::from(&info, &words).with_eos_tokens(&stop_ids);
             let env: TokEnv = Arc::new(TrieTokenizer { trie });
             ParserFactory::new_simple(&env)
         })
-        .map_err(|e| Error::Tokenizer(format!("cannot index the vocabulary: {e}")))?;
-        let mut factory =
-            built.map_err(|e| Error::Tokenizer(format!("cannot index the vocabulary: {e}")))?;
+        .map_err(failed)?
+        .map_err(|e| failed(e.to_string()))?;
         // Problems reach the caller as errors; nothing goes to stderr behind its back.
         factory.quiet();
         Ok(Self { factory })

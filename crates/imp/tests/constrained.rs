@@ -4,7 +4,7 @@
 //! stop strings and the token limit.
 
 use imp::{
-    generate, Constraint, Error, FinishReason, Generation, GenerationOptions, ImpModel,
+    generate, Constraint, Error, FinishReason, Generation, GenerationOptions, Grammar, ImpModel,
     LoadOptions, Prompt, SamplingParams,
 };
 use serde_json::{json, Value};
@@ -98,11 +98,8 @@ fn schemas() -> Vec<(&'static str, Value)> {
 
 const MAX_TOKENS: usize = 160;
 
-fn options(
-    model: &ImpModel,
-    constraint: &Constraint,
-    (temperature, seed): (f32, u64),
-) -> GenerationOptions {
+/// A grammar is compiled once and guides every sampling of it.
+fn options(grammar: &Grammar, (temperature, seed): (f32, u64)) -> GenerationOptions {
     GenerationOptions {
         max_new_tokens: MAX_TOKENS,
         sampling: SamplingParams {
@@ -110,9 +107,13 @@ fn options(
             seed,
             ..Default::default()
         },
-        grammar: Some(model.compile_constraint(constraint).unwrap()),
+        grammar: Some(grammar.clone()),
         ..Default::default()
     }
+}
+
+fn compile(model: &ImpModel, constraint: Constraint) -> Grammar {
+    model.compile_constraint(&constraint).unwrap()
 }
 
 fn ask(model: &ImpModel, options: &GenerationOptions, on_text: &mut dyn FnMut(&str)) -> Generation {
@@ -133,9 +134,9 @@ fn answers_always_parse_and_validate_for_every_schema_family_and_seed() {
         let model = load(&model_dir(name), &LoadOptions::default());
         for (what, schema) in schemas() {
             let validator = jsonschema::validator_for(&schema).unwrap();
-            let constraint = Constraint::JsonSchema(schema.clone());
+            let grammar = compile(&model, Constraint::JsonSchema(schema.clone()));
             for sampling in SAMPLINGS {
-                let options = options(&model, &constraint, sampling);
+                let options = options(&grammar, sampling);
                 let mut streamed = String::new();
                 let answer = ask(&model, &options, &mut |piece| streamed.push_str(piece));
                 let context = format!("{name}, {what}, sampling {sampling:?}: {:?}", answer.text);
@@ -177,13 +178,15 @@ fn json_object_regex_and_lark_constraints_hold() {
     let lark = "start: \"The cup is \" colour \".\"\ncolour: \"red\" | \"white\" | \"blue\"\n";
     for name in FAMILIES {
         let model = load(&model_dir(name), &LoadOptions::default());
+        let object_grammar = compile(&model, Constraint::JsonObject);
+        let regex_grammar = compile(
+            &model,
+            Constraint::Regex(r"(yes|no), [0-9]{1,3} cats?".into()),
+        );
+        let lark_grammar = compile(&model, Constraint::Lark(lark.into()));
         for sampling in SAMPLINGS {
             let context = format!("{name}, sampling {sampling:?}");
-            let object = ask(
-                &model,
-                &options(&model, &Constraint::JsonObject, sampling),
-                &mut |_| {},
-            );
+            let object = ask(&model, &options(&object_grammar, sampling), &mut |_| {});
             // Any object may be longer than the limit; a finished one must parse.
             if object.finish_reason == FinishReason::Stop {
                 let value: Value = serde_json::from_str(&object.text)
@@ -193,13 +196,11 @@ fn json_object_regex_and_lark_constraints_hold() {
                 assert!(object.text.starts_with('{'), "{context}: {:?}", object.text);
             }
 
-            let constraint = Constraint::Regex(r"(yes|no), [0-9]{1,3} cats?".into());
-            let answer = ask(&model, &options(&model, &constraint, sampling), &mut |_| {});
+            let answer = ask(&model, &options(&regex_grammar, sampling), &mut |_| {});
             assert_eq!(answer.finish_reason, FinishReason::Stop, "{context}");
             assert!(regex.is_match(&answer.text), "{context}: {:?}", answer.text);
 
-            let constraint = Constraint::Lark(lark.into());
-            let answer = ask(&model, &options(&model, &constraint, sampling), &mut |_| {});
+            let answer = ask(&model, &options(&lark_grammar, sampling), &mut |_| {});
             assert!(
                 ["The cup is red.", "The cup is white.", "The cup is blue."]
                     .contains(&answer.text.as_str()),
@@ -221,9 +222,10 @@ fn a_cut_off_answer_says_length_and_stop_strings_still_apply() {
     let constraint = Constraint::JsonSchema(schema);
     for name in FAMILIES {
         let model = load(&model_dir(name), &LoadOptions::default());
+        let grammar = compile(&model, constraint.clone());
         let cut = GenerationOptions {
             max_new_tokens: 4,
-            ..options(&model, &constraint, (0.0, 0))
+            ..options(&grammar, (0.0, 0))
         };
         let answer = ask(&model, &cut, &mut |_| {});
         assert_eq!(answer.finish_reason, FinishReason::Length, "{name}");
@@ -232,7 +234,7 @@ fn a_cut_off_answer_says_length_and_stop_strings_still_apply() {
 
         let stopped = GenerationOptions {
             stop_strings: vec!["\", \"".into()],
-            ..options(&model, &constraint, (0.0, 0))
+            ..options(&grammar, (0.0, 0))
         };
         let answer = ask(&model, &stopped, &mut |_| {});
         assert_eq!(answer.finish_reason, FinishReason::Stop, "{name}");
