@@ -67,6 +67,7 @@ class Model:
         image_size: Optional[int] = None,
         pool: int = 1,
         lora: Optional[Union[str, "os.PathLike[str]"]] = None,
+        kv_cache: Optional[Literal["f32", "f16", "bf16", "q8"]] = None,
         threads: Optional[int] = None,
         offline: Optional[bool] = None,
     ) -> "Model":
@@ -76,7 +77,8 @@ class Model:
         ``quant`` (``"q4_k"``, ``"q8_0"``, ...) quantizes as the weights are read; ``llm_quant``,
         ``vision_quant`` and ``projector_quant`` set one part. ``image_size`` runs the vision
         tower at that many pixels a side, ``pool`` averages ``pool x pool`` patches (both reduce
-        the visual tokens). ``lora`` is an adapter folder of ``imp train``. ``threads`` gives
+        the visual tokens). ``lora`` is an adapter folder of ``imp train``. ``kv_cache`` stores the
+        attention keys and values in f32, f16 (the default), bf16 or q8. ``threads`` gives
         the model worker threads of its own (default: one shared pool, a thread per core)."""
     @overload
     def generate(

@@ -7,8 +7,10 @@ header for what it downloads, how long it takes and the AMX caveat. Steps, per i
 2. to_gguf.py converts it for llama.cpp: a Phi-2 text GGUF and an `mmproj` (SigLIP + projector).
 3. Per format: llama-quantize quantizes the text model, `imp quantize` writes imp's GGUF.
 4. llama.cpp is measured with llama-bench (prefill, decode at depth 0 and after the prompt) and
-   llama-mtmd-cli (image encode, time to first token); imp with `imp bench`.
-5. The table is printed and written as JSON, Markdown and a PNG chart under target/peer.
+   llama-mtmd-cli (image encode, time to first token); imp with `imp bench`. Both engines keep
+   the same KV cache type (--kv-cache).
+5. The tables (one per format and size, then decode of every format side by side) are printed
+   and written as JSON, Markdown and a PNG chart under target/peer.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ QUANTS = {
     "q4_k": ("Q4_K_S", "q4_0"),
     "q8_0": ("Q8_0", "q8_0"),
 }
+# imp's --kv-cache -> llama.cpp's -ctk/-ctv type.
+KV_CACHES = {"f32": "f32", "f16": "f16", "q8": "q8_0"}
+# The cache types this llama-bench parses (its own list, narrower than llama-mtmd-cli's: no f32).
+LLAMA_BENCH_KV = {"f16", "bf16", "q8_0"}
 TO_GGUF = Path(__file__).with_name("to_gguf.py")
 DEFAULT_IMAGE = REPO / "crates/imp/tests/fixtures/images/skimage_chelsea.png"
 # Per 384 px model: folder 6.0 GB, f16 text GGUF 5.6 GB, quantized files up to 2 x 3.5 GB.
@@ -59,6 +65,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--prompt-tokens", type=int, default=64, help="text tokens besides the image")
     p.add_argument("--gen-tokens", type=int, default=64)
     p.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
+    p.add_argument("--kv-cache", default="f16", choices=list(KV_CACHES),
+                   help="both engines' KV cache: imp --kv-cache, llama.cpp -ctk/-ctv (q8: q8_0, "
+                        "with flash attention on, which its quantized V cache needs). Default "
+                        "f16. This llama-bench has no f32 cache: with f32 its rows use f16")
     p.add_argument("--mmproj-type", default="auto", choices=["auto", "f16", "q8_0", "q4_0"],
                    help="llama.cpp's vision matrices (auto: q8_0 for q8_0, else q4_0)")
     p.add_argument("--llama-mix", action="store_true",
@@ -100,18 +110,34 @@ def imp_binary(a: argparse.Namespace) -> Path:
         subprocess.run(["nice", "-n", "19", "cargo", "build", "--release", "-p", "imp-cli"],
                        cwd=REPO, check=True)
     if not a.llama_only:
-        probe = subprocess.run([a.imp, "bench", "--help"], capture_output=True)
-        if probe.returncode != 0:
-            raise SystemExit(f"{a.imp} has no `bench` command yet: rebuild it "
+        probe = subprocess.run([a.imp, "bench", "--help"], capture_output=True, text=True)
+        if probe.returncode != 0 or "--kv-cache" not in probe.stdout:
+            raise SystemExit(f"{a.imp} has no `bench --kv-cache` yet: rebuild it "
                              "(cargo build --release -p imp-cli) or pass --llama-only")
     return a.imp
 
 
 def cpu_name() -> str:
+    """`model name` of /proc/cpuinfo; ARM cores list only implementer and part numbers."""
+    fields: dict[str, str] = {}
     for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    if fields.get("model name"):
+        return fields["model name"]
+    if fields.get("CPU implementer") and fields.get("CPU part"):
+        return (f"{platform.machine()} (CPU implementer {fields['CPU implementer']}, "
+                f"part {fields['CPU part']})")
     return platform.processor() or "unknown CPU"
+
+
+def llama_kv_caches(kv_cache: str) -> dict[str, str]:
+    """llama.cpp's KV cache type per tool for imp's --kv-cache value."""
+    kv = KV_CACHES[kv_cache]
+    bench = kv if kv in LLAMA_BENCH_KV else "f16"
+    if bench != kv:
+        log(f"llama-bench has no {kv} KV cache: its decode and prefill rows use {bench}")
+    return {"llama-bench": bench, "llama-mtmd-cli": kv}
 
 
 def imp_version() -> str:
@@ -189,6 +215,7 @@ def measure_case(a, bin_dir: Path, imp: Path, llama_env: dict, size: int, quant:
     logs = logs / f"{home.name}-{quant}"
     case = {
         "quant": quant,
+        "kv_cache": a.kv_cache,
         "image_size": size,
         "image_tokens": image_tokens,
         "prompt_tokens": a.prompt_tokens,
@@ -198,13 +225,15 @@ def measure_case(a, bin_dir: Path, imp: Path, llama_env: dict, size: int, quant:
     text, mmproj = files.pop("text"), files.pop("mmproj")
     case["llama"] = files
     log(f"{quant} {size} px: llama-bench")
+    kv = files["kv_cache"] = dict(a.llama_kv)
     files["bench"] = measure.llama_bench(
         bin_dir, text, prompt=case["depth"], gen=a.gen_tokens, depth=case["depth"],
-        threads=a.threads, repeat=a.repeat, logs=logs, env=llama_env)
+        threads=a.threads, repeat=a.repeat, kv_type=kv["llama-bench"], logs=logs, env=llama_env)
     log(f"{quant} {size} px: llama-mtmd-cli")
     files["mtmd"] = measure.mtmd(
         bin_dir, text, mmproj, a.image, image_tokens=image_tokens, text_tokens=a.prompt_tokens,
-        threads=a.threads, repeat=a.repeat, logs=logs, env=llama_env)
+        threads=a.threads, repeat=a.repeat, kv_type=kv["llama-mtmd-cli"], logs=logs,
+        env=llama_env)
     if not a.keep:
         remove(text)
     if a.llama_only:
@@ -218,8 +247,7 @@ def measure_case(a, bin_dir: Path, imp: Path, llama_env: dict, size: int, quant:
     log(f"{quant} {size} px: imp bench")
     case["imp"] = measure.imp_bench(
         imp, imp_gguf, image=a.image, threads=a.threads, prompt_tokens=a.prompt_tokens,
-        gen_tokens=a.gen_tokens, repeat=a.repeat, logs=logs)
-    case["imp"]["file_bytes"] = imp_gguf.stat().st_size
+        gen_tokens=a.gen_tokens, repeat=a.repeat, kv_cache=a.kv_cache, logs=logs)
     if not a.keep:
         remove(imp_gguf)
     return case
@@ -249,6 +277,10 @@ def main() -> None:
     llama_env.pop("OMP_WAIT_POLICY", None)
     if a.omp_wait != "unset":
         llama_env["OMP_WAIT_POLICY"] = a.omp_wait.upper()
+    a.llama_kv = llama_kv = llama_kv_caches(a.kv_cache)
+    flash_attn = ("flash attention on (-fa 1: a quantized V cache needs it)"
+                  if any(measure.needs_flash_attn(t) for t in llama_kv.values())
+                  else "default flash attention (auto)")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     logs = PEER / "logs" / stamp
     built = datetime.datetime.fromtimestamp(source_imp.stat().st_mtime).isoformat(timespec="seconds")
@@ -256,11 +288,12 @@ def main() -> None:
         "environment": {
             "cpu": cpu_name(),
             "threads": a.threads,
+            "kv_cache": a.kv_cache,
             "repeat": a.repeat,
             "llama_cpp": f"vendored in llama-cpp-python {llamacpp.VERSION} (PyPI sdist), Release, "
                          f"-march=native, OpenMP, AMX compiled out ({llamacpp.NO_AMX_FLAGS}), "
                          f"OMP_WAIT_POLICY={llama_env.get('OMP_WAIT_POLICY', 'unset')}, "
-                         "default flash attention (auto) and batch sizes",
+                         f"KV cache {report.llama_kv_text(llama_kv)}, {flash_attn}, default batch sizes",
             "llama_cpp_short": f"llama-cpp-python {llamacpp.VERSION}'s vendored tree",
             "imp": f"{imp_version()} (binary built {built})",
             "started": stamp,

@@ -5,14 +5,26 @@
 #
 #   scripts/peer/compare.sh                      # q4_k, q8_0, q4_0 at 384 and 196 px
 #   scripts/peer/compare.sh --quant q4_k --sizes 384
+#   scripts/peer/compare.sh --quant q4_k,q8_0 --kv-cache q8   # both engines with an 8-bit KV cache
 #   scripts/peer/compare.sh --llama-only         # llama.cpp's half alone
 #   scripts/peer/compare.sh --build-only         # only build llama.cpp
 #   scripts/peer/compare.sh --from-json target/peer/comparison.json   # redo table + chart
 #   scripts/peer/compare.sh --help               # every option
 #
 # Results: target/peer/comparison.{json,md,png} (the .md is the table for the README); the logs
-# of every command under target/peer/logs. llama.cpp runs with OMP_WAIT_POLICY=PASSIVE by default
-# (--omp-wait): its OpenMP threads' busy-waiting collapses its speed on a shared machine.
+# of every command under target/peer/logs. The .md's header names the CPU (/proc/cpuinfo) and the
+# instruction-set paths imp's kernels took (`imp bench --json`'s `isa`); one table per format and
+# image size, then one row per format (q4_k, q8_0, q4_0) of decode at short context and after the
+# image prompt, with each engine's fraction of the bandwidth bound. q8_0 is among the default
+# formats; --quant q4_k,q8_0 measures just those two.
+#
+# KV cache: --kv-cache f32|f16|q8 (default f16) sets both engines' cache: imp's --kv-cache, and
+# llama.cpp's -ctk/-ctv (q8 is its q8_0, run with -fa 1: llama.cpp needs flash attention for a
+# quantized V cache). This llama-bench parses no f32 cache type, so with f32 its rows (prefill,
+# decode) use f16 while llama-mtmd-cli uses f32; the table title says which cache each side had.
+#
+# llama.cpp runs with OMP_WAIT_POLICY=PASSIVE by default (--omp-wait): its OpenMP threads'
+# busy-waiting collapses its speed on a shared machine.
 #
 # Downloads, from PyPI only: the packages in requirements.txt (into target/peer/venv), and the
 # llama-cpp-python source distribution (version pinned in llamacpp.py, sha256 checked against

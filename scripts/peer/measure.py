@@ -101,14 +101,25 @@ def llama_quantize(bin_dir: Path, src: Path, dst: Path, ftype: str, pure: bool, 
     run(cmd, logs / f"quantize-{dst.stem}", nice=True)
 
 
+def needs_flash_attn(kv_type: str) -> bool:
+    """llama.cpp refuses a quantized V cache without flash attention."""
+    return kv_type not in ("f32", "f16", "bf16")
+
+
+def kv_cache_args(kv_type: str) -> list:
+    """llama.cpp's options for a KV cache of `kv_type` (f32, f16, q8_0) in keys and values, with
+    flash attention asked for (-fa 1) where it is needed rather than left to the default, auto."""
+    return ["-ctk", kv_type, "-ctv", kv_type] + (["-fa", 1] if needs_flash_attn(kv_type) else [])
+
+
 def llama_bench(bin_dir: Path, model: Path, *, prompt: int, gen: int, depth: int, threads: int,
-                repeat: int, logs: Path, env: dict | None = None) -> dict:
+                repeat: int, kv_type: str, logs: Path, env: dict | None = None) -> dict:
     """Prefill speed over `prompt` tokens at depth 0, decode speed of `gen` tokens at depth 0 and
     after `depth` tokens of context (as decode runs after an image question)."""
     out: dict = {}
     for tag, p, d in (("d0", prompt, 0), (f"d{depth}", 0, depth)):
         cmd = [bin_dir / "llama-bench", "-m", model, "-p", p, "-n", gen, "-d", d,
-               "-t", threads, "-r", repeat, "-o", "json"]
+               "-t", threads, "-r", repeat, "-o", "json", *kv_cache_args(kv_type)]
         with LoadSampler() as load:
             r = run(cmd, logs / f"llama-bench-{model.stem}-{tag}", env=env)
         for test in json.loads(r.stdout):
@@ -120,6 +131,8 @@ def llama_bench(bin_dir: Path, model: Path, *, prompt: int, gen: int, depth: int
                 "samples_tok_s": test.get("samples_ts"),
                 "depth": test["n_depth"],
                 "flash_attn": test.get("flash_attn"),
+                "type_k": test.get("type_k"),
+                "type_v": test.get("type_v"),
             }
         out[f"load_{tag}"] = load.summary()
     return out
@@ -132,12 +145,12 @@ PROMPT_EVAL = re.compile(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens")
 
 
 def mtmd_once(bin_dir: Path, model: Path, mmproj: Path, image: Path, words: int, threads: int,
-              log_file: Path, env: dict | None) -> dict:
+              kv_type: str, log_file: Path, env: dict | None) -> dict:
     """One image question through llama-mtmd-cli, up to the first generated token."""
     prompt = "the" + " the" * (words - 1)
     cmd = [bin_dir / "llama-mtmd-cli", "-m", model, "--mmproj", mmproj, "--image", image,
            "-p", prompt, "-n", 1, "-t", threads, "--temp", 0, "--chat-template", "vicuna",
-           "--seed", 1,
+           "--seed", 1, *kv_cache_args(kv_type),
            # libllama's and libmtmd's info lines (the timings among them) need verbosity 4.
            "-lv", 4]
     r = run(cmd, log_file, env=env)
@@ -156,7 +169,8 @@ def mtmd_once(bin_dir: Path, model: Path, mmproj: Path, image: Path, words: int,
 
 
 def mtmd(bin_dir: Path, model: Path, mmproj: Path, image: Path, *, image_tokens: int,
-         text_tokens: int, threads: int, repeat: int, logs: Path, env: dict | None = None) -> dict:
+         text_tokens: int, threads: int, repeat: int, kv_type: str, logs: Path,
+         env: dict | None = None) -> dict:
     """Median image encode time and time to first token over `repeat` runs after a warm-up.
 
     The warm-up also calibrates the question's length: llama.cpp counts the prompt it evaluated
@@ -165,12 +179,13 @@ def mtmd(bin_dir: Path, model: Path, mmproj: Path, image: Path, *, image_tokens:
     """
     want = image_tokens + text_tokens
     words = max(1, text_tokens - 8)
-    first = mtmd_once(bin_dir, model, mmproj, image, words, threads, logs / "mtmd-warmup", env)
+    first = mtmd_once(bin_dir, model, mmproj, image, words, threads, kv_type,
+                      logs / "mtmd-warmup", env)
     words = max(1, words + want - first["prompt_tokens"])
     runs = []
     with LoadSampler() as load:
         for i in range(repeat):
-            runs.append(mtmd_once(bin_dir, model, mmproj, image, words, threads,
+            runs.append(mtmd_once(bin_dir, model, mmproj, image, words, threads, kv_type,
                                   logs / f"mtmd-{i}", env))
     return {**mtmd_summary(runs), "runs": runs, "load": load.summary()}
 
@@ -214,10 +229,10 @@ def imp_quantize(imp: Path, folder: Path, quant: str, out: Path, logs: Path) -> 
 
 
 def imp_bench(imp: Path, model: Path, *, image: Path, threads: int, prompt_tokens: int,
-              gen_tokens: int, repeat: int, logs: Path) -> dict:
+              gen_tokens: int, repeat: int, kv_cache: str, logs: Path) -> dict:
     cmd = [imp, "bench", "--model", model, "--image", image, "--threads", threads,
            "--prompt-tokens", prompt_tokens, "--gen-tokens", gen_tokens, "--repeat", repeat,
-           "--json"]
+           "--kv-cache", kv_cache, "--json"]
     with LoadSampler() as load:
         r = run(cmd, logs / f"imp-bench-{model.stem}")
     objects = [row for row in r.stdout.splitlines() if row.strip().startswith("{")]

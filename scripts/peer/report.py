@@ -20,9 +20,9 @@ def rows(case: dict) -> list[dict]:
     def of_imp(f):
         return f(imp) if imp else None
 
-    def llama_fraction():
+    def llama_fraction(tok_s: float):
         # llama.cpp's decode against the bandwidth imp measured in the same run.
-        return of_imp(lambda i: tg_long * lc["weight_bytes_per_token"] / (i["bandwidth_gb_s"] * 1e9))
+        return of_imp(lambda i: tok_s * lc["weight_bytes_per_token"] / (i["bandwidth_gb_s"] * 1e9))
 
     return [
         {"metric": f"image encode: vision + projector, {n_img} tokens (s)", "better": "lower",
@@ -35,15 +35,20 @@ def rows(case: dict) -> list[dict]:
          "better": "higher", "llama": bench["pp_d0"]["tok_s"],
          "imp": of_imp(lambda i: i["prefill_tok_s"])},
         {"metric": f"decode after the prompt, depth {depth} (tok/s)", "better": "higher",
-         "llama": tg_long, "imp": of_imp(lambda i: i["decode_tok_s"])},
-        {"metric": "decode, short context (tok/s)", "better": "higher",
+         "key": "decode_long", "llama": tg_long, "imp": of_imp(lambda i: i["decode_tok_s"])},
+        {"metric": "decode, short context (tok/s)", "better": "higher", "key": "decode_short",
          "llama": bench["tg_d0"]["tok_s"], "imp": of_imp(lambda i: i["short_context_decode_tok_s"])},
         {"metric": "weights read per decoded token (MB)", "better": "lower", "size": True,
          "llama": lc["weight_bytes_per_token"] / 1e6,
          "imp": of_imp(lambda i: i["weight_bytes_per_token"] / 1e6)},
-        {"metric": "decode / bandwidth bound (imp's measured bandwidth / weight bytes per token)",
-         "better": "higher", "fraction": True, "llama": llama_fraction(),
+        {"metric": "decode after the prompt / bandwidth bound (imp's measured bandwidth / weight "
+                   "bytes per token)",
+         "better": "higher", "fraction": True, "key": "bound_long",
+         "llama": llama_fraction(tg_long),
          "imp": of_imp(lambda i: i["decode_fraction_of_bound"])},
+        {"metric": "decode, short context / bandwidth bound", "better": "higher", "fraction": True,
+         "key": "bound_short", "llama": llama_fraction(bench["tg_d0"]["tok_s"]),
+         "imp": of_imp(lambda i: i["short_context_decode_tok_s"] / i["bandwidth_bound_tok_s"])},
         {"metric": "peak resident memory (GB)", "better": "lower", "size": True,
          "llama": mt["peak_rss_bytes"] / 1e9, "imp": of_imp(lambda i: i["peak_rss_bytes"] / 1e9)},
     ]
@@ -74,11 +79,30 @@ def fmt(value: float | None, fraction: bool = False) -> str:
     return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
 
 
+def llama_kv_text(kv: dict[str, str]) -> str:
+    """llama.cpp's KV cache type: one, or each tool's where they differ."""
+    if len(set(kv.values())) == 1:
+        return next(iter(kv.values()))
+    return ", ".join(f"{t} in {tool}" for tool, t in kv.items())
+
+
+def kv_text(case: dict) -> str:
+    """Each engine's KV cache, imp's as its bench reports it (runs from before --kv-cache have
+    none recorded)."""
+    kv = case["llama"].get("kv_cache")
+    if not kv:
+        return ""
+    imp = case.get("imp")
+    imp_part = f", imp {imp.get('kv_cache', case['kv_cache'])}" if imp else ""
+    return f"; KV cache: llama.cpp {llama_kv_text(kv)}{imp_part}"
+
+
 def case_title(case: dict) -> str:
     lc, imp = case["llama"], case.get("imp")
     imp_part = f"imp `{imp['quant']}` ({Path(imp['model']).name})" if imp else "imp not measured"
     return (f"{case['quant']}, {case['image_size']} px ({case['image_tokens']} visual tokens): "
-            f"llama.cpp text {lc['text_type']}, mmproj {lc['mmproj_type']}; {imp_part}")
+            f"llama.cpp text {lc['text_type']}, mmproj {lc['mmproj_type']}; {imp_part}"
+            f"{kv_text(case)}")
 
 
 def table_lines(case: dict) -> list[str]:
@@ -114,12 +138,48 @@ def load_text(side: dict) -> str:
     return f"{min(l['min'] for l in loads):.1f}-{max(l['max'] for l in loads):.1f}"
 
 
+def isa_text(result: dict) -> str:
+    """The instruction-set paths imp's kernels took, as `imp bench --json` reports them."""
+    paths = {json.dumps(c["imp"]["isa"], sort_keys=True) for c in result["cases"]
+             if c.get("imp", {}).get("isa")}
+    if not paths:
+        return "not recorded"
+    return "; ".join(f"4-bit matmul {isa.get('q4_matmul', '?')}, fused float "
+                     f"{isa.get('fused', '?')}" for isa in map(json.loads, sorted(paths)))
+
+
+def decode_lines(result: dict) -> list[str]:
+    """Decode of every measured format side by side (the q8_0 rows beside the q4_k ones), with
+    each engine's fraction of the bandwidth bound."""
+
+    def cell(tok_s: float | None, fraction: float | None) -> str:
+        return fmt(tok_s) + (f" ({fmt(fraction, True)})" if fraction is not None else "")
+
+    lines = [
+        "### Decode by format (tok/s; in brackets, the fraction of the bandwidth bound)",
+        "",
+        "| format | image | KV cache | short context: llama.cpp | imp | after the prompt: "
+        "llama.cpp | imp |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case in result["cases"]:
+        r = {row["key"]: row for row in rows(case) if "key" in row}
+        cells = [cell(r[f"decode_{n}"][side], r[f"bound_{n}"][side])
+                 for n in ("short", "long") for side in ("llama", "imp")]
+        lines.append(f"| {case['quant']} | {case['image_size']} px, depth {case['depth']} | "
+                     f"{case.get('kv_cache', 'not recorded')} | {' | '.join(cells)} |")
+    return lines + [""]
+
+
 def markdown(result: dict) -> str:
     env = result["environment"]
     head = [
         "## imp vs llama.cpp (random-weight Imp-v1.5-3B, the same weights in both engines)",
         "",
-        f"{env['cpu']}, {env['threads']} threads for both engines. llama.cpp: {env['llama_cpp']}. "
+        f"CPU: {env['cpu']}. imp's kernel paths: {isa_text(result)}. KV cache: "
+        f"{env.get('kv_cache', 'not recorded')}.",
+        "",
+        f"{env['threads']} threads for both engines. llama.cpp: {env['llama_cpp']}. "
         f"imp: {env['imp']}. Medians of {env['repeat']} runs after a warm-up (llama-bench: means "
         f"of {env['repeat']}). Ratios are imp / llama.cpp: for times, below 1 means imp is "
         "faster; for rates, above 1 means imp is faster. The bandwidth bound uses the memory "
@@ -128,7 +188,8 @@ def markdown(result: dict) -> str:
         "",
     ]
     body = [line for case in result["cases"] for line in table_lines(case)]
-    return "\n".join(head + body) + "\n"
+    summary = decode_lines(result) if result["cases"] else []
+    return "\n".join(head + body + summary) + "\n"
 
 
 def chart(result: dict, path: Path) -> None:

@@ -162,8 +162,9 @@ pub extern "C" fn imp_last_error() -> *const c_char {
 /// Loads a model folder, Hugging Face repo id (from its cache) or `.gguf` file.
 /// `options_json` (NULL or `{}`: the defaults) takes `imp run`'s loading options: `dtype`
 /// ("f32", "f16", "bf16"), `quant`, `llm_quant`, `vision_quant`, `projector_quant`,
-/// `image_size`, `pool`, `lora` (an adapter folder), and `threads` (this model's worker
-/// threads; default: the process-wide pool, one per core).
+/// `image_size`, `pool`, `lora` (an adapter folder), `kv_cache` ("f32", "f16", "bf16", "q8";
+/// default f16) and `threads` (this model's worker threads; default: the process-wide pool,
+/// one per core).
 ///
 /// # Safety
 /// `path` and `options_json` are NULL or NUL-terminated strings; `out` is NULL or writable.

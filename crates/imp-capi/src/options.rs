@@ -31,6 +31,7 @@ pub struct LoadParams {
     image_size: Option<usize>,
     pool: Option<usize>,
     lora: Option<String>,
+    kv_cache: Option<String>,
     threads: Option<usize>,
 }
 
@@ -79,12 +80,19 @@ impl LoadParams {
             .map(|dir| engine::adapter::Adapter::load(Path::new(dir), &candle_core::Device::Cpu))
             .transpose()?
             .map(Arc::new);
+        let kv_cache = self
+            .kv_cache
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| Failure::invalid(format!("options_json: {e}")))?;
         Ok(engine::LoadOptions {
             dtype,
             image_size: self.image_size,
             pool,
             quantization,
             adapter,
+            kv_cache,
             ..Default::default()
         })
     }

@@ -2,7 +2,7 @@
 //! machine's memory bandwidth measured in the same run so decode can be put against its limit.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -89,7 +89,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let bandwidth = imp_tools::bandwidth::read_bandwidth(threads, PROBE_BYTES, 5);
 
     let start = Instant::now();
-    let (model, name) = load(&args)?;
+    let (model, name, weight_file_bytes) = load(&args)?;
     let load_s = start.elapsed().as_secs_f64();
 
     let images: Vec<RgbImage> = image.into_iter().collect();
@@ -143,6 +143,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         images: images.len(),
         prompt_tokens: prepared.len(),
         load_s,
+        weight_file_bytes,
         bandwidth,
         samples: &samples,
     };
@@ -172,8 +173,9 @@ fn check_args(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The model to measure and its name in the report.
-fn load(args: &BenchArgs) -> Result<(ImpModel, String)> {
+/// The model to measure, its name in the report and the bytes of its weight files (0 for a
+/// synthetic model, which has none).
+fn load(args: &BenchArgs) -> Result<(ImpModel, String, u64)> {
     let options = crate::load_options(&args.load)?;
     match (&args.model, &args.synthetic) {
         (_, Some(preset)) => {
@@ -181,16 +183,80 @@ fn load(args: &BenchArgs) -> Result<(ImpModel, String)> {
             let tokenizer = crate::bundled::tokenizer_folder(preset.family())?;
             let checkpoint = SyntheticCheckpoint::new(preset, tokenizer.path(), args.seed);
             let model = ImpModel::from_source(&checkpoint, &options)?;
-            Ok((model, format!("synthetic {}", preset.name())))
+            Ok((model, format!("synthetic {}", preset.name()), 0))
         }
         (Some(model), None) => {
             let dir = imp::hub::resolve_model(model, &imp::hub::HubOptions::default())?;
             let loaded = ImpModel::load(&dir, &options)
                 .with_context(|| format!("loading {}", dir.display()))?;
-            Ok((loaded, model.clone()))
+            Ok((loaded, model.clone(), weight_file_bytes(&dir)?))
         }
         (None, None) => bail!("give --model or --synthetic"),
     }
+}
+
+/// Bytes of the weight files the loader read, so peak memory can be put against the file size:
+/// the GGUF file, or the folder's safetensors (the shards its index names, else
+/// `model.safetensors`; other `.safetensors` files in the folder are not weights).
+fn weight_file_bytes(path: &Path) -> Result<u64> {
+    let size = |file: &Path| -> Result<u64> {
+        let metadata =
+            std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
+        Ok(metadata.len())
+    };
+    if !path.is_dir() {
+        return size(path);
+    }
+    let index = path.join("model.safetensors.index.json");
+    if !index.is_file() {
+        return size(&path.join("model.safetensors"));
+    }
+    let text = imp::files::read_to_string(&index, imp::files::limits::CONFIG_BYTES)?;
+    let index: Value =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", index.display()))?;
+    let shards: BTreeSet<&str> = index["weight_map"]
+        .as_object()
+        .into_iter()
+        .flat_map(|map| map.values().filter_map(Value::as_str))
+        .collect();
+    shards
+        .into_iter()
+        .map(|shard| size(&path.join(shard)))
+        .sum()
+}
+
+/// The CPU's model name: `model name` in /proc/cpuinfo; ARM cores list no name there, only
+/// their implementer and part numbers. "unknown" where neither can be read: a report is not
+/// worth failing over it.
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        info.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            let value = value.trim();
+            (name.trim() == key && !value.is_empty()).then_some(value)
+        })
+    };
+    if let Some(name) = field("model name") {
+        return name.to_owned();
+    }
+    match (field("CPU implementer"), field("CPU part")) {
+        (Some(implementer), Some(part)) => format!(
+            "{} (CPU implementer {implementer}, part {part})",
+            std::env::consts::ARCH
+        ),
+        _ => "unknown".to_owned(),
+    }
+}
+
+/// The instruction-set path each kernel family takes on this CPU, named as `imp info` and
+/// `IMP_EXPECT_ISA` name them: the 4-bit matrix products (`q4_0`, `q4_k`) and the fused float
+/// kernels (attention, norms, GELU).
+fn kernel_paths() -> Value {
+    json!({
+        "q4_matmul": format!("{:?}", imp_kernels::packed::best()),
+        "fused": format!("{:?}", imp_kernels::simd::best()),
+    })
 }
 
 /// What one `imp bench` run measured, before it is summarised.
@@ -201,6 +267,8 @@ struct Measured<'a> {
     images: usize,
     prompt_tokens: usize,
     load_s: f64,
+    /// 0 for a synthetic model.
+    weight_file_bytes: u64,
     /// Read bandwidth in bytes per second, measured in the same run.
     bandwidth: f64,
     samples: &'a [Sample],
@@ -225,6 +293,7 @@ impl Measured<'_> {
         let decode_tok_s = median(&|s| s.decode_tok_s);
         let short_decode_tok_s = median(&|s| s.short_decode_tok_s);
         let weight_bytes = model.info().decode_weight_bytes;
+        let weight_memory_bytes: usize = model.info().weights.iter().map(|g| g.bytes).sum();
         let bound_tok_s = self.bandwidth / weight_bytes as f64;
         let prefill_s = median(&|s| s.stages.prefill.as_secs_f64());
         let constrained = self.samples[0].constrained.is_some().then(|| {
@@ -237,8 +306,14 @@ impl Measured<'_> {
             })
         });
         json!({
+            "cpu": cpu_model(),
+            "isa": kernel_paths(),
             "model": self.name,
             "quant": quant_label(model),
+            "weight_file_bytes": self.weight_file_bytes,
+            "weight_memory_bytes": weight_memory_bytes,
+            "kv_cache": model.kv_cache().to_string(),
+            "kv_cache_bytes_per_token": model.kv_cache().bytes_per_token(&model.config().decoder),
             "threads": self.threads,
             "image_size": (self.images > 0).then(|| model.config().vision.image_size),
             "image_tokens": model.image_tokens() * self.images,
@@ -363,9 +438,40 @@ fn quant_label(model: &ImpModel) -> String {
 fn print_table(report: &Value) {
     let number = |key: &str| report[key].as_f64().unwrap_or(f64::NAN);
     let seconds = |key: &str| format!("{:.3} s", number(key));
+    let text = |key: &str| report[key].as_str().unwrap_or("").to_owned();
+    let isa = &report["isa"];
+    let file = if report["weight_file_bytes"] == 0 {
+        "no file (synthetic)".to_owned()
+    } else {
+        format!("{:.1} MB file", number("weight_file_bytes") / 1e6)
+    };
     let rows = [
-        ("model", report["model"].as_str().unwrap_or("").to_owned()),
-        ("quant", report["quant"].as_str().unwrap_or("").to_owned()),
+        ("cpu", text("cpu")),
+        (
+            "kernel paths",
+            format!(
+                "4-bit matmul {}, fused float {}",
+                isa["q4_matmul"].as_str().unwrap_or(""),
+                isa["fused"].as_str().unwrap_or("")
+            ),
+        ),
+        ("model", text("model")),
+        ("quant", text("quant")),
+        (
+            "kv cache",
+            format!(
+                "{}, {:.1} KB per token",
+                text("kv_cache"),
+                number("kv_cache_bytes_per_token") / 1e3
+            ),
+        ),
+        (
+            "weights",
+            format!(
+                "{file}, {:.1} MB in memory",
+                number("weight_memory_bytes") / 1e6
+            ),
+        ),
         ("threads", report["threads"].to_string()),
         ("load", seconds("load_s")),
         ("preprocess", seconds("preprocess_s")),

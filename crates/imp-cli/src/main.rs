@@ -17,7 +17,9 @@ use candle_core::DType;
 use clap::{Parser, Subcommand, ValueEnum};
 use imp::adapter::Adapter;
 use imp::hub::{resolve_model, HubOptions};
-use imp::{generate, Constraint, GenerationOptions, ImpModel, LoadOptions, Prompt, SamplingParams};
+use imp::{
+    generate, Constraint, GenerationOptions, ImpModel, KvCache, LoadOptions, Prompt, SamplingParams,
+};
 use imp_tools::synthetic::{self, Preset};
 use serde_json::json;
 
@@ -103,6 +105,10 @@ struct LoadArgs {
     /// A LoRA adapter folder (PEFT's format, as `imp train` writes it), applied unmerged.
     #[arg(long)]
     lora: Option<PathBuf>,
+    /// Storage of the attention keys and values: f32, f16, bf16 or q8 (8-bit, one scale per
+    /// head and token). Default: f16 on the CPU.
+    #[arg(long)]
+    kv_cache: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -294,6 +300,12 @@ fn load_options(args: &LoadArgs) -> Result<LoadOptions> {
                     .with_context(|| format!("loading the adapter {}", dir.display()))
             })
             .transpose()?,
+        kv_cache: args
+            .kv_cache
+            .as_deref()
+            .map(str::parse::<KvCache>)
+            .transpose()
+            .context("--kv-cache")?,
         ..Default::default()
     })
 }

@@ -61,8 +61,9 @@ pub struct QuantizeArgs {
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
-    /// The model and the plan to measure (--quant and the per-part options); --dtype is the
-    /// quantized variants' compute dtype, the reference always runs in f32.
+    /// The model and the plan to measure (--quant and the per-part options, and --kv-cache);
+    /// --dtype is the variants' compute dtype, the reference always runs in f32 with an f32
+    /// KV cache.
     #[command(flatten)]
     model: ModelArgs,
     /// Image to ask about; repeat for several (default: the photos built into imp).
@@ -151,7 +152,7 @@ pub fn report(args: ReportArgs) -> Result<()> {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })
-    .with_context(|| format!("measuring {plan} on {}", dir.display()))?;
+    .with_context(|| format!("measuring the quality of {plan} on {}", dir.display()))?;
     bar.finish_and_clear();
 
     if args.json {
@@ -167,12 +168,12 @@ pub fn report(args: ReportArgs) -> Result<()> {
         report.positions
     );
     println!(
-        "{:<12} {:<48} {:>10} {:>10} {:>7}",
+        "{:<14} {:<60} {:>10} {:>10} {:>7}",
         "variant", "formats", "mean KL", "p99 KL", "top-1"
     );
     for v in &report.variants {
         println!(
-            "{:<12} {:<48} {:>10.5} {:>10.5} {:>6.1}%",
+            "{:<14} {:<60} {:>10.2e} {:>10.2e} {:>6.1}%",
             v.variant,
             v.plan,
             v.mean_kl,

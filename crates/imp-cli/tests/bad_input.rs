@@ -14,7 +14,7 @@ fn bad_input_fails_naming_the_problem() {
     let coffee = arg(&coffee);
     let two_markers = "USER: <image>\n<image>\nCompare them. ASSISTANT:";
     // (arguments, what the message must mention)
-    let cases: [(&[&str], &[&str]); 8] = [
+    let cases: [(&[&str], &[&str]); 9] = [
         (&["info", "--model", "/no/such/model"], &["/no/such/model"]),
         (
             &[
@@ -61,6 +61,10 @@ fn bad_input_fails_naming_the_problem() {
         (
             &["info", "--model", tiny, "--vision-quant", "q3"],
             &["`q3`", "f16", "q8_0", "q4_k"],
+        ),
+        (
+            &["info", "--model", tiny, "--kv-cache", "q4"],
+            &["\"q4\"", "f32, f16, bf16, q8"],
         ),
         (
             &["bench", "--synthetic", "imp-v9", "--json"],

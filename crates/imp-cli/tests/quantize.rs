@@ -46,7 +46,7 @@ fn quantized_file_answers_like_quantizing_at_load() {
 }
 
 #[test]
-fn quant_report_compares_three_variants() {
+fn quant_report_compares_the_plan_its_parts_and_the_cache() {
     let model = model("imp-v1-3b");
     let chelsea = image("skimage_chelsea.png");
     // Without --image the report asks about the nine photos built into `imp`.
@@ -72,6 +72,10 @@ fn quant_report_compares_three_variants() {
             .iter()
             .map(|v| v["variant"].as_str().unwrap())
             .collect();
-        assert_eq!(variants, ["all", "vision only", "llm only"]);
+        // The default f16 KV cache is measured too.
+        assert_eq!(
+            variants,
+            ["all", "vision only", "llm only", "kv cache only"]
+        );
     }
 }

@@ -30,7 +30,11 @@ fn ask(name: &str, extra: &[&str]) -> Output {
 fn run_json_matches_the_reference() {
     for name in ["imp-v1.5-2b-qwen1.5", "imp-v1.5-4b-phi3"] {
         let e = expected(name);
-        let out = ask(name, &["--top-logprobs", "3", "--json"]);
+        // The reference keeps its keys and values in f32.
+        let out = ask(
+            name,
+            &["--top-logprobs", "3", "--json", "--kv-cache", "f32"],
+        );
         assert!(out.status.success(), "{}", stderr(&out));
         let stdout = String::from_utf8(out.stdout).unwrap();
         assert_eq!(

@@ -13,11 +13,13 @@
 //! of the latter. The output is `[queries, heads, head_dim]`, the heads merged per token as the
 //! output projection reads them.
 
-use candle_core::{CpuStorage, Layout, Shape, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::Isa;
-use crate::host::{widen, CustomOp, Element, FloatOp};
+use crate::host::Element;
+use crate::kv::CacheRow;
 use crate::simd::{self, Kernel, Simd, MAX_LANES};
 use crate::{Error, Result};
 
@@ -34,7 +36,8 @@ const PV_ROWS: usize = 8;
 const TILED_MIN_QUERIES: usize = 8;
 
 /// A `[heads, tokens, head_dim]` operand in storage: each row contiguous, heads and rows at any
-/// stride (a narrowed KV cache, or q/k/v sliced out of one projection).
+/// stride (a narrowed KV cache, or q/k/v sliced out of one projection). A row is
+/// `T::row_len(head_dim)` elements ([`CacheRow`]): `head_dim` floats, or a q8 row.
 #[derive(Debug, Clone, Copy)]
 pub struct Heads<'a, T> {
     data: &'a [T],
@@ -46,7 +49,7 @@ pub struct Heads<'a, T> {
     row_stride: usize,
 }
 
-impl<'a, T> Heads<'a, T> {
+impl<'a, T: CacheRow> Heads<'a, T> {
     /// `[heads, tokens, head_dim]` starting at `offset`; `None` if it does not fit in `data`.
     pub fn new(
         data: &'a [T],
@@ -57,7 +60,7 @@ impl<'a, T> Heads<'a, T> {
         let last = if heads == 0 || tokens == 0 || head_dim == 0 {
             offset
         } else {
-            offset + (heads - 1) * head_stride + (tokens - 1) * row_stride + head_dim
+            offset + (heads - 1) * head_stride + (tokens - 1) * row_stride + T::row_len(head_dim)
         };
         (last <= data.len()).then_some(Self {
             data,
@@ -72,28 +75,47 @@ impl<'a, T> Heads<'a, T> {
 
     /// A contiguous `[heads, tokens, head_dim]` slice.
     pub fn contiguous(data: &'a [T], heads: usize, tokens: usize, head_dim: usize) -> Option<Self> {
+        let row_len = T::row_len(head_dim);
         Self::new(
             data,
             0,
             (heads, tokens, head_dim),
-            (tokens * head_dim, head_dim),
+            (tokens * row_len, row_len),
         )
     }
 
-    /// A candle layout `[heads, tokens, head_dim]` or `[1, heads, tokens, head_dim]` whose last
+    /// A candle layout `[heads, tokens, row_len]` or `[1, heads, tokens, row_len]` whose last
     /// dimension is contiguous.
     pub fn from_layout(data: &'a [T], layout: &Layout) -> Option<Self> {
         let (dims, strides) = match (layout.dims(), layout.stride()) {
-            ([h, t, d], [hs, rs, 1]) => ((*h, *t, *d), (*hs, *rs)),
-            ([1, h, t, d], [_, hs, rs, 1]) => ((*h, *t, *d), (*hs, *rs)),
+            ([h, t, r], [hs, rs, 1]) => ((*h, *t, *r), (*hs, *rs)),
+            ([1, h, t, r], [_, hs, rs, 1]) => ((*h, *t, *r), (*hs, *rs)),
             _ => return None,
         };
-        Self::new(data, layout.start_offset(), dims, strides)
+        let (heads, tokens, row_len) = dims;
+        let head_dim = T::head_dim(row_len)?;
+        Self::new(
+            data,
+            layout.start_offset(),
+            (heads, tokens, head_dim),
+            strides,
+        )
+    }
+
+    /// Values per row.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// Where row `token` of `head` starts, for a prefetch: any token, even past the end.
+    fn row_address(&self, head: usize, token: usize) -> *const T {
+        let start = self.offset + head * self.head_stride + token * self.row_stride;
+        self.data.as_ptr().wrapping_add(start)
     }
 
     fn row(&self, head: usize, token: usize) -> &'a [T] {
         let start = self.offset + head * self.head_stride + token * self.row_stride;
-        &self.data[start..start + self.head_dim]
+        &self.data[start..start + T::row_len(self.head_dim)]
     }
 }
 
@@ -130,12 +152,13 @@ impl Problem {
 }
 
 /// `out[i, h, :] = softmax(q[h, i, :]·k[h', :, :]ᵀ·scale)·v[h', :, :]` where `h' = h / group`,
-/// over the keys `visibility` allows; `out` is `[queries, heads, head_dim]`.
-pub fn attention<T: Element>(
+/// over the keys `visibility` allows; `out` is `[queries, heads, head_dim]`. Keys and values
+/// may be stored in another format than the queries (a narrower cache, [`crate::kv`]).
+pub fn attention<T: Element + CacheRow, C: CacheRow>(
     isa: Isa,
     q: Heads<'_, T>,
-    k: Heads<'_, T>,
-    v: Heads<'_, T>,
+    k: Heads<'_, C>,
+    v: Heads<'_, C>,
     scale: f32,
     visibility: Visibility,
     out: &mut [T],
@@ -236,12 +259,12 @@ impl Running {
 
 // ---- per-row schedule -------------------------------------------------------------------------
 
-fn per_row<T: Element>(
+fn per_row<T: Element + CacheRow, C: CacheRow>(
     isa: Isa,
     p: &Problem,
     q: Heads<'_, T>,
-    k: Heads<'_, T>,
-    v: Heads<'_, T>,
+    k: Heads<'_, C>,
+    v: Heads<'_, C>,
     out: &mut [T],
 ) {
     out.par_chunks_mut(p.head_dim)
@@ -264,17 +287,17 @@ fn per_row<T: Element>(
 }
 
 /// One query row of one head against its visible keys, read in place.
-struct RowTask<'a, 'b, T> {
+struct RowTask<'a, 'b, T, C> {
     q: &'a [T],
-    k: Heads<'a, T>,
-    v: Heads<'a, T>,
+    k: Heads<'a, C>,
+    v: Heads<'a, C>,
     kv_head: usize,
     keys: usize,
     scale: f32,
     out: &'b mut [T],
 }
 
-impl<T: Element> Kernel for RowTask<'_, '_, T> {
+impl<T: Element, C: CacheRow> Kernel for RowTask<'_, '_, T, C> {
     type Output = ();
 
     #[inline(always)]
@@ -284,26 +307,88 @@ impl<T: Element> Kernel for RowTask<'_, '_, T> {
         T::to_f32(self.q, &mut q);
         simd::scale(s, self.scale, &mut q);
         let mut acc = vec![0f32; hd];
-        let mut row_buf = Vec::new();
         let mut scores = [0f32; KEY_BLOCK];
         let mut running = Running::EMPTY;
+        let in_registers = hd.is_multiple_of(S::LANES) && hd / S::LANES <= ROW_VECTORS;
         for start in (0..self.keys).step_by(KEY_BLOCK) {
             let n = (self.keys - start).min(KEY_BLOCK);
             let scores = &mut scores[..n];
+            // The hardware prefetchers of some cores (Intel's) keep too few lines in flight for
+            // one row after another: ask for the rows PREFETCH_ROWS ahead.
             for (j, score) in scores.iter_mut().enumerate() {
-                let key = widen(self.k.row(self.kv_head, start + j), &mut row_buf);
-                *score = simd::dot(s, &q, key);
+                prefetch_row(s, &self.k, self.kv_head, start + j + PREFETCH_ROWS);
+                let (key, factor) = C::values(self.k.row(self.kv_head, start + j));
+                *score = simd::dot_widening(s, &q, key) * factor;
             }
             if let Some(factor) = running.absorb(s, scores) {
                 simd::scale(s, factor, &mut acc);
             }
-            for (j, &weight) in scores.iter().enumerate() {
-                let value = widen(self.v.row(self.kv_head, start + j), &mut row_buf);
-                simd::axpy(s, weight, value, &mut acc);
+            if in_registers {
+                values_in_registers::<S, C>(s, &self.v, self.kv_head, start, scores, &mut acc);
+            } else {
+                for (j, &weight) in scores.iter().enumerate() {
+                    prefetch_row(s, &self.v, self.kv_head, start + j + PREFETCH_ROWS);
+                    let (value, factor) = C::values(self.v.row(self.kv_head, start + j));
+                    simd::axpy_widening(s, weight * factor, value, &mut acc);
+                }
             }
         }
         simd::scale(s, 1.0 / running.sum, &mut acc);
         T::from_f32(&acc, self.out);
+    }
+}
+
+/// Most vectors of a row that decode attention keeps its output in, in registers (128 values
+/// with AVX-512).
+const ROW_VECTORS: usize = 8;
+
+/// `acc += Σ_j weights[j] · v[first + j]` with `acc` (`head_dim / LANES <= ROW_VECTORS`
+/// vectors) held in registers across the rows, instead of loaded and stored for each.
+#[inline(always)]
+fn values_in_registers<S: Simd, C: CacheRow>(
+    s: S,
+    v: &Heads<'_, C>,
+    head: usize,
+    first: usize,
+    weights: &[f32],
+    acc: &mut [f32],
+) {
+    let vectors = acc.len() / S::LANES;
+    let mut sums = [s.splat(0.0); ROW_VECTORS];
+    // Constant bounds, so that the loops unroll and `sums` lives in registers.
+    for (c, sum) in sums.iter_mut().enumerate() {
+        if c < vectors {
+            *sum = s.load(&acc[c * S::LANES..]);
+        }
+    }
+    for (j, &weight) in weights.iter().enumerate() {
+        prefetch_row(s, v, head, first + j + PREFETCH_ROWS);
+        let (value, factor) = C::values(v.row(head, first + j));
+        let weight = s.splat(weight * factor);
+        for (c, sum) in sums.iter_mut().enumerate() {
+            if c < vectors {
+                let x = <C::Value as simd::Widen>::load(s, &value[c * S::LANES..]);
+                *sum = s.mul_add(weight, x, *sum);
+            }
+        }
+    }
+    for (c, sum) in sums.iter().enumerate() {
+        if c < vectors {
+            s.store(&mut acc[c * S::LANES..], *sum);
+        }
+    }
+}
+
+/// Rows ahead of the one being read that decode attention prefetches.
+const PREFETCH_ROWS: usize = 8;
+
+/// Prefetches the cache lines of one row (a row may straddle lines).
+#[inline(always)]
+fn prefetch_row<S: Simd, C: CacheRow>(s: S, heads: &Heads<'_, C>, head: usize, token: usize) {
+    let start = heads.row_address(head, token);
+    let bytes = C::row_len(heads.head_dim) * std::mem::size_of::<C>();
+    for offset in (0..bytes).step_by(64) {
+        s.prefetch(start.cast::<u8>().wrapping_add(offset));
     }
 }
 
@@ -314,12 +399,12 @@ fn padded(head_dim: usize) -> usize {
     head_dim.next_multiple_of(MAX_LANES)
 }
 
-fn tiled<T: Element>(
+fn tiled<T: Element + CacheRow, C: CacheRow>(
     isa: Isa,
     p: &Problem,
     q: Heads<'_, T>,
-    k: Heads<'_, T>,
-    v: Heads<'_, T>,
+    k: Heads<'_, C>,
+    v: Heads<'_, C>,
     out: &mut [T],
 ) {
     let (hd, hdp) = (p.head_dim, padded(p.head_dim));
@@ -336,12 +421,13 @@ fn tiled<T: Element>(
         .for_each(|(head, (kt, vp))| {
             let mut row_buf = Vec::new();
             for j in 0..p.keys {
-                let key = widen(k.row(head, j), &mut row_buf);
+                let key = C::decode(k.row(head, j), &mut row_buf);
                 let block = &mut kt[j / KEY_BLOCK * hd * KEY_BLOCK..];
                 for (d, &x) in key.iter().enumerate() {
                     block[d * KEY_BLOCK + j % KEY_BLOCK] = x;
                 }
-                T::to_f32(v.row(head, j), &mut vp[j * hdp..j * hdp + hd]);
+                let value = C::decode(v.row(head, j), &mut row_buf);
+                vp[j * hdp..j * hdp + hd].copy_from_slice(value);
             }
         });
 
@@ -391,7 +477,7 @@ struct TileTask<'a, T> {
     values: &'a [f32],
 }
 
-impl<T: Element> Kernel for TileTask<'_, T> {
+impl<T: Element + CacheRow> Kernel for TileTask<'_, T> {
     type Output = Vec<f32>;
 
     #[inline(always)]
@@ -507,23 +593,50 @@ fn pv_tile<S: Simd>(s: S, probs: &[f32], values: &[f32], keys: usize, out: &mut 
 
 /// [`attention`] as a candle op on `q`, `k`, `v` (`[heads, tokens, head_dim]`, optionally with a
 /// leading batch of 1); the result is `[tokens, heads, head_dim]` (with the same leading 1).
+/// `q` is f32, f16 or bf16; `k` and `v` share one cache format ([`CacheRow`]).
 struct FlashAttention {
     scale: f32,
     visibility: Visibility,
 }
 
-impl FloatOp<3> for FlashAttention {
-    const NAME: &'static str = "imp-flash-attention";
+const NAME: &str = "imp-flash-attention";
 
-    fn forward<T: Element>(
+impl FlashAttention {
+    /// Picks the cache format of `k` and `v` for queries of type `T`.
+    fn with_queries<T: Element + CacheRow>(
         &self,
-        [q, k, v]: [(&[T], &Layout); 3],
+        q: (&[T], &Layout),
+        k: (&CpuStorage, &Layout),
+        v: (&CpuStorage, &Layout),
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        fn heads<'a, T>((data, layout): (&'a [T], &Layout)) -> candle_core::Result<Heads<'a, T>> {
+        macro_rules! try_format {
+            ($($ty:ty),*) => {$(
+                if let (Some(kd), Some(vd)) =
+                    (<$ty as CacheRow>::from_storage(k.0), <$ty as CacheRow>::from_storage(v.0))
+                {
+                    return self.typed(q, (kd, k.1), (vd, v.1));
+                }
+            )*};
+        }
+        try_format!(f32, half::f16, half::bf16, u8);
+        candle_core::bail!(
+            "{NAME}: keys and values must share one cache format, not {:?} and {:?}",
+            k.0.dtype(),
+            v.0.dtype()
+        )
+    }
+
+    fn typed<T: Element + CacheRow, C: CacheRow>(
+        &self,
+        q: (&[T], &Layout),
+        k: (&[C], &Layout),
+        v: (&[C], &Layout),
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn heads<'a, T: CacheRow>(
+            (data, layout): (&'a [T], &Layout),
+        ) -> candle_core::Result<Heads<'a, T>> {
             Heads::from_layout(data, layout).ok_or_else(|| {
-                candle_core::Error::Msg(format!(
-                    "imp-flash-attention: unsupported layout {layout:?}"
-                ))
+                candle_core::Error::Msg(format!("{NAME}: unsupported layout {layout:?}"))
             })
         }
         let (qh, kh, vh) = (heads(q)?, heads(k)?, heads(v)?);
@@ -548,12 +661,52 @@ impl FloatOp<3> for FlashAttention {
     }
 }
 
+impl CustomOp3 for FlashAttention {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        lq: &Layout,
+        k: &CpuStorage,
+        lk: &Layout,
+        v: &CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (k, v) = ((k, lk), (v, lv));
+        if let Some(q) = <f32 as Element>::from_storage(q) {
+            self.with_queries((q, lq), k, v)
+        } else if let Some(q) = <half::f16 as Element>::from_storage(q) {
+            self.with_queries((q, lq), k, v)
+        } else if let Some(q) = <half::bf16 as Element>::from_storage(q) {
+            self.with_queries((q, lq), k, v)
+        } else {
+            candle_core::bail!("{NAME}: queries in {:?}", q.dtype())
+        }
+    }
+}
+
 /// Whether [`flash_attention`] takes this operand: `[heads, tokens, head_dim]`, or with a
 /// leading batch of 1, its last dimension contiguous.
 pub fn supports(x: &Tensor) -> bool {
     let dims = x.dims();
     let rank_ok = dims.len() == 3 || (dims.len() == 4 && dims[0] == 1);
     rank_ok && x.stride().last() == Some(&1)
+}
+
+/// Whether [`flash_attention`] may stand in for candle's ops on these operands: all of them
+/// [`supports`]ed, on the CPU and tracking no gradients, the queries in a float dtype, the keys
+/// and values in one cache format (a float dtype, or `u8` for q8 rows).
+pub fn takes(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
+    use candle_core::DType;
+    crate::host::fast_path(&[q])
+        && [k, v]
+            .iter()
+            .all(|t| t.device().is_cpu() && !t.track_op() && t.dtype() == k.dtype())
+        && matches!(k.dtype(), DType::F32 | DType::F16 | DType::BF16 | DType::U8)
+        && [q, k, v].iter().all(|t| supports(t))
 }
 
 /// [`attention`] on CPU tensors `[.., heads, tokens, head_dim]` (see [`supports`]); returns the
@@ -566,7 +719,7 @@ pub fn flash_attention(
     scale: f32,
     visibility: Visibility,
 ) -> Result<Tensor> {
-    let out = q.apply_op3_no_bwd(k, v, &CustomOp(FlashAttention { scale, visibility }))?;
+    let out = q.apply_op3_no_bwd(k, v, &FlashAttention { scale, visibility })?;
     let rank = out.rank();
     Ok(out.transpose(rank - 3, rank - 2)?)
 }

@@ -11,7 +11,8 @@
 //!   materialises the attention scores, its fused LayerNorm subtracts the squared mean (losing
 //!   digits) and its GELU calls libm's `tanhf` / `erff` one element at a time; ours run on every
 //!   core with vectorised exponentials (vision attention 3.3-3.7x, prefill attention 7-10x, GELU
-//!   85x faster than the candle ops they replace).
+//!   85x faster than the candle ops they replace). Attention reads the KV cache in place in
+//!   any of its formats ([`kv`]: f32, f16, bf16, q8 rows), widening in registers.
 //!
 //! Paths: [`CpuFeatures`] detects once which instruction sets ([`Isa`]) the CPU runs; each
 //! kernel family lists the paths it has code for ([`packed::PATHS`], [`simd::PATHS`]) and takes
@@ -30,6 +31,7 @@ mod error;
 pub mod flash;
 pub mod gelu;
 pub mod host;
+pub mod kv;
 pub mod norm;
 pub mod packed;
 mod q4_0;

@@ -39,6 +39,12 @@ pub const MAX_ROWS: usize = 8;
 /// The instruction sets the 4-bit kernels are written for, the slowest first.
 pub const PATHS: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::NeonDotprod];
 
+/// The path [`Packed::matmul`] takes on this CPU: the fastest of [`PATHS`] it runs. Public so
+/// that reports (`imp bench`) name the kernel that was measured.
+pub fn best() -> Isa {
+    Isa::best_of(&PATHS)
+}
+
 /// A kernel for tiles of type `T`: `out[r][lane]` = the dot product of row `r` of `rows` with
 /// lane `lane` of the tile; `out.len() == rows.len()`, at most [`MAX_ROWS`].
 pub(crate) type Kernel<T> = fn(T, Rows<'_>, &mut [[f32; LANES]]);
@@ -194,7 +200,7 @@ impl<F: PackedFormat> Packed<F> {
 
     /// `y[m, out] = x[m, in] · Wᵀ` with the fastest kernel of this CPU.
     pub fn matmul(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
-        self.matmul_with(Isa::best_of(&PATHS), x, y)
+        self.matmul_with(best(), x, y)
     }
 
     /// `y[m, out] = x[m, in] · Wᵀ` with the kernel for `isa`, one of [`PATHS`].

@@ -15,6 +15,8 @@ mod neon;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+use half::{bf16, f16};
+
 use crate::cpu::Isa;
 
 /// Vectors of f32 lanes. Loads and stores take slices and panic when they are shorter than a
@@ -46,6 +48,90 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn abs(self, v: Self::V) -> Self::V;
     /// Per lane: `if_neg` where `cond < 0`, else `otherwise`.
     fn select_neg(self, cond: Self::V, if_neg: Self::V, otherwise: Self::V) -> Self::V;
+
+    /// Asks for the cache line at `address` ahead of its use: a hint, never a fault, whatever
+    /// the address (the default does nothing).
+    #[inline(always)]
+    fn prefetch<T>(self, _address: *const T) {}
+
+    /// The first `LANES` values of `src` widened to f32. These defaults go through a lane
+    /// buffer; the x86 paths convert in registers.
+    #[inline(always)]
+    fn load_f16(self, src: &[f16]) -> Self::V {
+        let mut buf = [0f32; MAX_LANES];
+        for (wide, x) in buf.iter_mut().zip(&src[..Self::LANES]) {
+            *wide = x.to_f32();
+        }
+        self.load(&buf)
+    }
+    #[inline(always)]
+    fn load_bf16(self, src: &[bf16]) -> Self::V {
+        let mut buf = [0f32; MAX_LANES];
+        for (wide, x) in buf.iter_mut().zip(&src[..Self::LANES]) {
+            *wide = x.to_f32();
+        }
+        self.load(&buf)
+    }
+    /// The first `LANES` bytes of `src`, read as signed, as f32.
+    #[inline(always)]
+    fn load_i8(self, src: &[u8]) -> Self::V {
+        let mut buf = [0f32; MAX_LANES];
+        for (wide, &x) in buf.iter_mut().zip(&src[..Self::LANES]) {
+            *wide = f32::from(x as i8);
+        }
+        self.load(&buf)
+    }
+}
+
+/// An element type vectors of f32 can be loaded from, widening as they are read.
+pub trait Widen: Copy {
+    fn load<S: Simd>(s: S, src: &[Self]) -> S::V;
+    fn to_f32(self) -> f32;
+}
+
+impl Widen for f32 {
+    #[inline(always)]
+    fn load<S: Simd>(s: S, src: &[f32]) -> S::V {
+        s.load(src)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Widen for f16 {
+    #[inline(always)]
+    fn load<S: Simd>(s: S, src: &[f16]) -> S::V {
+        s.load_f16(src)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+impl Widen for bf16 {
+    #[inline(always)]
+    fn load<S: Simd>(s: S, src: &[bf16]) -> S::V {
+        s.load_bf16(src)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+/// Bytes read as signed (q8 values).
+impl Widen for u8 {
+    #[inline(always)]
+    fn load<S: Simd>(s: S, src: &[u8]) -> S::V {
+        s.load_i8(src)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from(self as i8)
+    }
 }
 
 /// One lane of plain f32 arithmetic: the portable path every SIMD path is tested against.
@@ -266,25 +352,34 @@ pub fn store_or_trim<S: Simd>(s: S, y: &mut [f32], i: usize, v: S::V) {
     }
 }
 
-/// `Σ a[i]·b[i]`.
+/// `Σ a[i]·b[i]`, `b` widened as it is read (no copy of it).
 #[inline(always)]
-pub fn dot<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
+pub fn dot_widening<S: Simd, E: Widen>(s: S, a: &[f32], b: &[E]) -> f32 {
     assert_eq!(a.len(), b.len());
+    let full = a.len() / S::LANES * S::LANES;
     let mut acc = s.splat(0.0);
-    for i in (0..a.len()).step_by(S::LANES) {
-        acc = s.mul_add(load_or_pad(s, a, i, 0.0), load_or_pad(s, b, i, 0.0), acc);
+    for i in (0..full).step_by(S::LANES) {
+        acc = s.mul_add(s.load(&a[i..]), E::load(s, &b[i..]), acc);
     }
-    s.reduce_sum(acc)
+    let mut sum = s.reduce_sum(acc);
+    for i in full..a.len() {
+        sum += a[i] * b[i].to_f32();
+    }
+    sum
 }
 
-/// `y += alpha·x`.
+/// `y += alpha·x`, `x` widened as it is read.
 #[inline(always)]
-pub fn axpy<S: Simd>(s: S, alpha: f32, x: &[f32], y: &mut [f32]) {
+pub fn axpy_widening<S: Simd, E: Widen>(s: S, alpha: f32, x: &[E], y: &mut [f32]) {
     assert_eq!(x.len(), y.len());
-    let alpha = s.splat(alpha);
-    for i in (0..x.len()).step_by(S::LANES) {
-        let v = s.mul_add(alpha, load_or_pad(s, x, i, 0.0), load_or_pad(s, y, i, 0.0));
-        store_or_trim(s, y, i, v);
+    let full = x.len() / S::LANES * S::LANES;
+    let splat = s.splat(alpha);
+    for i in (0..full).step_by(S::LANES) {
+        let v = s.mul_add(splat, E::load(s, &x[i..]), s.load(&y[i..]));
+        s.store(&mut y[i..], v);
+    }
+    for i in full..x.len() {
+        y[i] += alpha * x[i].to_f32();
     }
 }
 

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Tensor, D};
 use imp_kernels::flash::{self, Heads, Visibility};
-use imp_kernels::{simd, Isa};
+use imp_kernels::{kv, simd, Isa};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -247,26 +247,7 @@ fn attention_simd_paths_match_scalar() {
     for case in CASES {
         let (q, k, v) = operands(&mut rng, &case);
         let (q, k, v) = (values(&q), values(&k), values(&v));
-        let d = case.head_dim;
-        let heads_q = Heads::contiguous(&q, case.heads, case.queries, d).unwrap();
-        let heads_k = Heads::contiguous(&k, case.kv_heads, case.keys(), d).unwrap();
-        let heads_v = Heads::contiguous(&v, case.kv_heads, case.keys(), d).unwrap();
-        let run = |isa: Isa| {
-            let mut out = vec![0f32; case.queries * case.heads * d];
-            let scale = 1.0 / (d as f32).sqrt();
-            flash::attention(
-                isa,
-                heads_q,
-                heads_k,
-                heads_v,
-                scale,
-                case.visibility(),
-                &mut out,
-            )
-            .unwrap();
-            out
-        };
-        assert_paths_match_scalar(&format!("{case:?}"), &simd::PATHS, 1e-5, run);
+        paths_match_scalar("f32", &case, &q, &k, &v);
     }
 }
 
@@ -284,4 +265,127 @@ fn attention_rejects_operands_that_do_not_fit() {
     assert!(flash::attention(isa, q, q, q, 1.0, causal, &mut out).is_err());
     // A view past the end of its data.
     assert!(Heads::contiguous(&data, 4, 11, 8).is_none());
+}
+
+/// A cache format of keys and values for f32 queries: the operand the fused kernel reads, and
+/// the f32 values it stands for (what candle's ops attend over in the reference).
+fn cached(x: &Tensor, format: DType) -> (Tensor, Tensor) {
+    match format {
+        DType::U8 => {
+            let rows = kv::quantize_q8(x).unwrap();
+            let values = kv::dequantize_q8(&rows).unwrap();
+            (rows, values)
+        }
+        _ => (to(x, format), rounded(x, format)),
+    }
+}
+
+#[test]
+fn attention_reads_narrower_caches_in_place() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for case in CASES.into_iter().filter(|c| c.causal) {
+        let (q, k, v) = operands(&mut rng, &case);
+        let past = Some(case.past);
+        for format in [DType::F16, DType::BF16, DType::U8] {
+            let (k_stored, k_values) = cached(&k, format);
+            let (v_stored, v_values) = cached(&v, format);
+            let got = fused(&q, &k_stored, &v_stored, past);
+            assert_eq!(got.dtype(), DType::F32);
+            let want = candle_attention(&q, &k_values, &v_values, past);
+            assert_close(
+                &format!("{case:?} {format:?} cache"),
+                &values(&got),
+                &values(&want),
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn q8_rows_round_each_value_to_its_rows_scale() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let head_dim = 80;
+    let mut x = random(&mut rng, 6 * head_dim, 4.0);
+    // A row of zeros, and one with a single large outlier.
+    x[head_dim..2 * head_dim].fill(0.0);
+    x[2 * head_dim + 7] = 300.0;
+    let rows = kv::quantize_q8(&tensor(x.clone(), &[6, head_dim])).unwrap();
+    assert_eq!(rows.dims(), &[6, head_dim + kv::Q8_SCALE_BYTES]);
+    let back = values(&kv::dequantize_q8(&rows).unwrap());
+    for (row, (got, want)) in back.chunks(head_dim).zip(x.chunks(head_dim)).enumerate() {
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() <= scale * 0.5 * (1.0 + 1e-6),
+                "row {row}: {g} for {w} (scale {scale})"
+            );
+        }
+    }
+    assert!(back[head_dim..2 * head_dim].iter().all(|&v| v == 0.0));
+}
+
+/// Every SIMD path against the scalar one on keys and values stored as `C`.
+fn paths_match_scalar<C: kv::CacheRow>(what: &str, case: &Case, q: &[f32], k: &[C], v: &[C]) {
+    let d = case.head_dim;
+    let heads_q = Heads::contiguous(q, case.heads, case.queries, d).unwrap();
+    let heads_k = Heads::contiguous(k, case.kv_heads, case.keys(), d).unwrap();
+    let heads_v = Heads::contiguous(v, case.kv_heads, case.keys(), d).unwrap();
+    let run = |isa: Isa| {
+        let mut out = vec![0f32; case.queries * case.heads * d];
+        let scale = 1.0 / (d as f32).sqrt();
+        flash::attention(
+            isa,
+            heads_q,
+            heads_k,
+            heads_v,
+            scale,
+            case.visibility(),
+            &mut out,
+        )
+        .unwrap();
+        out
+    };
+    assert_paths_match_scalar(&format!("{case:?} {what}"), &simd::PATHS, 1e-5, run);
+}
+
+#[test]
+fn cache_simd_paths_match_scalar() {
+    let mut rng = StdRng::seed_from_u64(13);
+    // The decode cases, and a head dimension that is no whole number of vectors.
+    let odd = Case {
+        heads: 4,
+        kv_heads: 2,
+        queries: 1,
+        past: 70,
+        head_dim: 20,
+        causal: true,
+    };
+    for case in CASES.into_iter().filter(|c| c.causal).chain([odd]) {
+        let (q, k, v) = operands(&mut rng, &case);
+        let q = values(&q);
+        let bytes = |x: &Tensor| {
+            let rows = kv::quantize_q8(x).unwrap();
+            rows.flatten_all().unwrap().to_vec1::<u8>().unwrap()
+        };
+        paths_match_scalar("q8", &case, &q, &bytes(&k), &bytes(&v));
+        let halves = |x: &Tensor| {
+            let x = x.contiguous().unwrap();
+            (
+                to(&x, DType::F16)
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<half::f16>()
+                    .unwrap(),
+                to(&x, DType::BF16)
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<half::bf16>()
+                    .unwrap(),
+            )
+        };
+        let ((k16, kb16), (v16, vb16)) = (halves(&k), halves(&v));
+        paths_match_scalar("f16", &case, &q, &k16, &v16);
+        paths_match_scalar("bf16", &case, &q, &kb16, &vb16);
+    }
 }

@@ -63,8 +63,8 @@ impl Model {
     #[new]
     #[pyo3(signature = (
         path, *, dtype = "f32", quant = None, llm_quant = None, vision_quant = None,
-        projector_quant = None, image_size = None, pool = 1, lora = None, threads = None,
-        offline = None,
+        projector_quant = None, image_size = None, pool = 1, lora = None, kv_cache = None,
+        threads = None, offline = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -78,6 +78,7 @@ impl Model {
         image_size: Option<usize>,
         pool: usize,
         lora: Option<PathBuf>,
+        kv_cache: Option<&str>,
         threads: Option<usize>,
         offline: Option<bool>,
     ) -> PyResult<Self> {
@@ -86,6 +87,10 @@ impl Model {
         }
         let spec = path.to_string_lossy().into_owned();
         let dtype = engine::dtype_from_name(dtype).map_err(to_py_err)?;
+        let kv_cache = kv_cache
+            .map(str::parse::<engine::KvCache>)
+            .transpose()
+            .map_err(to_py_err)?;
         let quantization = engine::quant::Quantization::from_names(
             quant,
             llm_quant,
@@ -111,6 +116,7 @@ impl Model {
                     pool,
                     quantization,
                     adapter,
+                    kv_cache,
                     ..Default::default()
                 };
                 let dir = engine::hub::resolve_model(&spec, &hub)?;

@@ -209,6 +209,7 @@ BAD_CALLS = [
     (lambda m: m.chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,!!"}}]}]), ValueError, "base64"),
     (lambda m: imp_rs.Model(MODELS / "imp-v1.5-3b-phi2", dtype="f64"), ValueError, "f64"),
     (lambda m: imp_rs.Model(MODELS / "imp-v1.5-3b-phi2", threads=0), ValueError, "threads"),
+    (lambda m: imp_rs.Model(MODELS / "imp-v1.5-3b-phi2", kv_cache="q4"), ValueError, "q4"),
     (lambda m: imp_rs.Model(IMAGES), imp_rs.ImpError, "no weights found"),
     (lambda m: imp_rs.Model("MILVLG/no-such-model", offline=True), imp_rs.ImpError, "MILVLG/no-such-model"),
 ]

@@ -26,7 +26,7 @@ use anyhow::Context;
 use axum::Router;
 use candle_core::DType;
 use imp::hub::{resolve_model, HubOptions};
-use imp::{ImpModel, LoadOptions};
+use imp::{ImpModel, KvCache, LoadOptions};
 
 pub use error::ApiError;
 /// The request side on its own (the fuzz targets drive it): a body checked into a request,
@@ -49,6 +49,9 @@ pub struct ServerConfig {
     /// A LoRA adapter folder (PEFT's format, as `imp train` writes it), applied unmerged.
     #[arg(long)]
     pub lora: Option<PathBuf>,
+    /// Storage of the attention keys and values: f32, f16, bf16 or q8. Default: f16 on the CPU.
+    #[arg(long, value_parser = parse_kv_cache)]
+    pub kv_cache: Option<KvCache>,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// 0 picks a free port (printed at start).
@@ -141,6 +144,10 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 
 fn parse_dtype(text: &str) -> Result<DType, String> {
     imp::dtype_from_name(text).map_err(|e| e.to_string())
+}
+
+fn parse_kv_cache(text: &str) -> Result<KvCache, String> {
+    text.parse().map_err(|e: imp::Error| e.to_string())
 }
 
 /// A loaded model behind its routes, with the connection limits it is served under.
@@ -297,7 +304,7 @@ pub fn runtime(config: &ServerConfig) -> std::io::Result<tokio::runtime::Runtime
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     config.check()?;
     let spec = config.model.clone();
-    let dtype = config.dtype;
+    let (dtype, kv_cache) = (config.dtype, config.kv_cache);
     let lora = config.lora.clone();
     let (path, model) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let path = resolve_model(&spec, &HubOptions::default())?;
@@ -311,6 +318,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         let options = LoadOptions {
             dtype,
             adapter,
+            kv_cache,
             ..Default::default()
         };
         let model = ImpModel::load(&path, &options)

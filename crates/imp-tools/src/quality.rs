@@ -1,6 +1,7 @@
-//! What a quantization plan costs in quality: the f32 model answers every image question
-//! greedily, then each variant (the whole plan, only the vision side, only the language model)
-//! is teacher-forced along that same answer, and its next-token distribution at every answer
+//! What a quantization plan, and a KV cache narrower than f32, cost in quality: the f32 model
+//! (f32 cache) answers every image question greedily, then each variant (the whole plan, only
+//! the vision side, only the language model, only the cache) is teacher-forced along that same
+//! answer, and its next-token distribution at every answer
 //! position (plus the one after it) is compared with the f32 model's: the KL divergence
 //! `KL(f32 || quantized)` and whether the most likely tokens agree.
 
@@ -11,7 +12,7 @@ use image::RgbImage;
 use serde::Serialize;
 
 use imp::quant::Quantization;
-use imp::{ImpModel, LoadOptions, Prompt};
+use imp::{ImpModel, KvCache, LoadOptions, Prompt};
 
 use crate::{Error, Result};
 
@@ -26,9 +27,10 @@ pub struct ReportInput {
 /// How far one variant's predictions are from the f32 model's.
 #[derive(Debug, Clone, Serialize)]
 pub struct Divergence {
-    /// `all`, `vision only` or `llm only`.
+    /// `all`, `vision only`, `llm only` or `kv cache only`.
     pub variant: &'static str,
-    /// The formats of this variant, e.g. `vision q8_0, projector q8_0, llm compute dtype`.
+    /// The formats of this variant, e.g. `vision q8_0, projector q8_0, llm compute dtype, kv
+    /// cache f16`.
     pub plan: String,
     /// KL divergence of the next-token distribution in nats, averaged over all positions.
     pub mean_kl: f64,
@@ -47,9 +49,11 @@ pub struct Report {
     pub variants: Vec<Divergence>,
 }
 
-/// Compares `plan` applied to the model folder `path` with its f32 form. `options` gives the
-/// compute dtype of the quantized variants (the reference always runs in f32) and the image
-/// settings; `on_progress(done, total)` follows the forward passes.
+/// Compares `plan` applied to the model folder `path` with its f32 form (f32 weights, f32 KV
+/// cache). `options` gives the compute dtype of the quantized variants (the reference always
+/// runs in f32), the image settings and the KV cache of every variant; a cache narrower than
+/// f32 adds a variant of its own (`kv cache only`), and is then enough to report on without a
+/// plan. `on_progress(done, total)` follows the forward passes.
 pub fn quality_report(
     path: &Path,
     plan: Quantization,
@@ -57,9 +61,14 @@ pub fn quality_report(
     input: &ReportInput,
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Report> {
-    if plan.is_none() {
+    let kv_cache = options
+        .kv_cache
+        .unwrap_or_else(|| KvCache::default_for(&options.device, options.dtype));
+    if plan.is_none() && kv_cache == KvCache::F32 {
         return Err(Error::InvalidArgument(
-            "the quality report needs a quantization plan (--quant)".into(),
+            "the quality report needs a quantization plan (--quant) or a KV cache narrower than \
+             f32 (--kv-cache)"
+                .into(),
         ));
     }
     if input.images.is_empty() || input.questions.is_empty() {
@@ -67,14 +76,20 @@ pub fn quality_report(
             "the quality report needs at least one image and one question".into(),
         ));
     }
-    let mut variants: Vec<(&'static str, Quantization)> = vec![("all", plan)];
-    for (name, variant) in [
-        ("vision only", plan.vision_only()),
-        ("llm only", plan.llm_only()),
-    ] {
-        if !variant.is_none() && variant != plan {
-            variants.push((name, variant));
+    let mut variants: Vec<(&'static str, Quantization)> = Vec::new();
+    if !plan.is_none() {
+        variants.push(("all", plan));
+        for (name, variant) in [
+            ("vision only", plan.vision_only()),
+            ("llm only", plan.llm_only()),
+        ] {
+            if !variant.is_none() && variant != plan {
+                variants.push((name, variant));
+            }
         }
+    }
+    if kv_cache != KvCache::F32 {
+        variants.push(("kv cache only", Quantization::default()));
     }
     let samples = input.images.len() * input.questions.len();
     // The reference answers (one greedy pass and one teacher-forced pass), then one
@@ -91,6 +106,7 @@ pub fn quality_report(
         &LoadOptions {
             dtype: DType::F32,
             quantization: Quantization::default(),
+            kv_cache: Some(KvCache::F32),
             ..options.clone()
         },
     )?;
@@ -126,6 +142,7 @@ pub fn quality_report(
             path,
             &LoadOptions {
                 quantization: variant_plan,
+                kv_cache: Some(kv_cache),
                 ..options.clone()
             },
         )?;
@@ -153,7 +170,11 @@ pub fn quality_report(
         let rank = (0.99 * kls.len() as f64).ceil() as usize;
         report.variants.push(Divergence {
             variant,
-            plan: variant_plan.to_string(),
+            plan: if variant_plan.is_none() {
+                format!("weights in compute dtype, kv cache {kv_cache}")
+            } else {
+                format!("{variant_plan}, kv cache {kv_cache}")
+            },
             mean_kl,
             p99_kl: kls[rank.max(1) - 1],
             top1_agreement: agreeing as f64 / kls.len() as f64,

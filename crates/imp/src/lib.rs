@@ -53,5 +53,5 @@ pub use generate::{
 pub use model::{dtype_from_name, ImpModel, LoadOptions, ModelInfo};
 pub use preprocess::{decode_rgb, load_rgb, rgb_from_rows};
 pub use sampler::SamplingParams;
-pub use session::{ImageId, Position, Session};
+pub use session::{ImageId, KvCache, Position, Session};
 pub use template::{Prompt, Turn};

@@ -15,7 +15,7 @@ use crate::constraint::{Constraint, Grammar, Vocabulary};
 use crate::models::{pool_patches, Decoder, Projector, VisionTower};
 use crate::preprocess::ImagePreprocessor;
 use crate::quant::{self, Part, Quantization, WeightGroup};
-use crate::session::Session;
+use crate::session::{KvCache, Session};
 use crate::template::{SpecialTokens, IMAGE_MARKER};
 use crate::tokenizer::ImpTokenizer;
 use crate::{Error, Result};
@@ -39,6 +39,9 @@ pub struct LoadOptions {
     pub adapter: Option<Arc<Adapter>>,
     /// How non-square images are made square, instead of the config's `image_aspect_ratio`.
     pub aspect: Option<AspectMode>,
+    /// Storage format of every session's keys and values; `None`: f16 on the CPU, the compute
+    /// dtype elsewhere ([`KvCache::default_for`]).
+    pub kv_cache: Option<KvCache>,
     /// Training only: dropout rate on each decoder block's attention and MLP outputs before
     /// the residual sum (the reference trains Phi-2 with its config's `resid_pdrop`, 0.1).
     /// Inference keeps the default 0.
@@ -67,6 +70,7 @@ impl Default for LoadOptions {
             quantization: Quantization::default(),
             adapter: None,
             aspect: None,
+            kv_cache: None,
             residual_dropout: 0.0,
         }
     }
@@ -99,6 +103,7 @@ pub struct ImpModel {
     bos_token_id: Option<u32>,
     stop_token_ids: Vec<u32>,
     pool: usize,
+    kv_cache: KvCache,
     /// Built by the first constrained request: most never need it.
     vocabulary: OnceLock<Vocabulary>,
 }
@@ -112,6 +117,10 @@ impl ImpModel {
 
     /// Loads from any source of tensors, such as the synthetic models of `imp-tools`.
     pub fn from_source(checkpoint: &dyn TensorSource, options: &LoadOptions) -> Result<Self> {
+        let kv_cache = options
+            .kv_cache
+            .unwrap_or_else(|| KvCache::default_for(&options.device, options.dtype));
+        kv_cache.check_device(&options.device)?;
         let mut config = ImpConfig::load(&checkpoint.config_files()?, checkpoint)?;
         apply_token_budget(&mut config, options)?;
         let mut tokenizer = checkpoint.tokenizer()?;
@@ -183,6 +192,7 @@ impl ImpModel {
             bos_token_id: special.bos,
             stop_token_ids: special.stop,
             pool: options.pool,
+            kv_cache,
             vocabulary: OnceLock::new(),
         })
     }
@@ -253,9 +263,15 @@ impl ImpModel {
         vocabulary.compile(constraint)
     }
 
-    /// A fresh conversation state for this model.
+    /// A fresh conversation state for this model, its keys and values in the format chosen at
+    /// load ([`LoadOptions::kv_cache`]).
     pub fn new_session(&self) -> Session {
-        Session::new(&self.config.decoder, self.decoder.dtype(), self.device())
+        Session::new(&self.config.decoder, self.kv_cache, self.device())
+    }
+
+    /// The format of every session's keys and values.
+    pub fn kv_cache(&self) -> KvCache {
+        self.kv_cache
     }
 
     /// SigLIP patch features `[patches, vision_hidden]` of preprocessed `pixels[1, 3, S, S]`.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use candle_core::DType;
 use candle_core::{Device, Tensor};
 use imp::preprocess::load_rgb;
-use imp::{LoadOptions, Prompt, Turn};
+use imp::{KvCache, LoadOptions, Prompt, Turn};
 
 use crate::support::{
     answer, expected, load, max_abs_diff, model_dir, read_tensors, Expected, MODELS,
@@ -38,7 +38,12 @@ fn check(name: &str, style: &str) {
     let f = fixture(name);
     let e = &f.expected;
     assert_eq!(e.style, style, "{name}: checkpoint style");
-    let model = load(&f.dir, &LoadOptions::default());
+    // The reference keeps its keys and values in f32.
+    let options = LoadOptions {
+        kv_cache: Some(KvCache::F32),
+        ..Default::default()
+    };
+    let model = load(&f.dir, &options);
     let family = model.config().decoder.family;
 
     let image = load_rgb(&f.dir.join(&e.image)).unwrap();
@@ -182,5 +187,86 @@ fn f16_and_bf16_compute_stay_close_to_f32() {
             bf16 < 0.03,
             "{name}: bf16 logits off by {bf16} of the largest"
         );
+    }
+}
+
+/// Next-token log-probabilities after the prompt and after each of the reference's greedy
+/// tokens, fed one at a time as decoding does (each step reads the whole cache), with keys and
+/// values stored as `kv_cache`: `[steps, vocab]`.
+fn decode_logprobs(name: &str, kv_cache: KvCache) -> Tensor {
+    let f = fixture(name);
+    let options = LoadOptions {
+        kv_cache: Some(kv_cache),
+        ..Default::default()
+    };
+    let model = load(&f.dir, &options);
+    let decoder = model.decoder();
+    let mut session = model.new_session();
+    assert_eq!(session.kv_cache(), kv_cache);
+    let embeds = model
+        .splice(
+            &f.expected.prompt_ids,
+            &[f.tensors["projector_output"].clone()],
+        )
+        .unwrap();
+    let mut hidden = decoder.forward(&embeds, &mut session).unwrap();
+    let mut steps = vec![decoder.last_logits(&hidden).unwrap()];
+    for &token in &f.expected.greedy_tokens {
+        hidden = decoder
+            .forward(&decoder.embed(&[token]).unwrap(), &mut session)
+            .unwrap();
+        steps.push(decoder.last_logits(&hidden).unwrap());
+    }
+    let vocab = steps[0].len();
+    let logits = Tensor::from_vec(steps.concat(), (steps.len(), vocab), &Device::Cpu).unwrap();
+    candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1).unwrap()
+}
+
+/// Mean `KL(f32 cache || narrow cache)` per step, in nats, and the fraction of steps whose
+/// most likely token is the same.
+fn cache_divergence(f32_cache: &Tensor, narrow: &Tensor) -> (f32, f32) {
+    use candle_core::D;
+    let kl = (f32_cache.exp().unwrap() * (f32_cache - narrow).unwrap())
+        .unwrap()
+        .sum(D::Minus1)
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let same = f32_cache
+        .argmax(D::Minus1)
+        .unwrap()
+        .eq(&narrow.argmax(D::Minus1).unwrap())
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    (kl, same)
+}
+
+#[test]
+fn narrower_kv_caches_decode_close_to_the_f32_cache() {
+    for (name, _) in MODELS {
+        let reference = decode_logprobs(name, KvCache::F32);
+        for (kv_cache, max_kl) in [
+            (KvCache::F16, 1e-5),
+            (KvCache::BF16, 1e-3),
+            (KvCache::Q8, 1e-3),
+        ] {
+            let narrow = decode_logprobs(name, kv_cache);
+            let (kl, top1) = cache_divergence(&reference, &narrow);
+            eprintln!("{name}: {kv_cache} cache, mean KL {kl:.2e}, top-1 agreement {top1:.3}");
+            // Rounded keys and values change the logits, if only slightly.
+            assert!(
+                max_abs_diff(&reference, &narrow) > 0.0,
+                "{name}: {kv_cache} cache unused"
+            );
+            assert!(kl.abs() < max_kl, "{name}: {kv_cache} cache KL {kl}");
+            assert!(top1 >= 0.9, "{name}: {kv_cache} cache top-1 {top1}");
+        }
     }
 }

@@ -109,6 +109,8 @@ int main(int argc, char **argv) {
                 "/nonexistent/model", "load: missing folder");
     check_error(imp_model_load(model_path, "{\"dtype\": \"f64\"}", &model),
                 IMP_STATUS_INVALID_ARGUMENT, "dtype", "load: bad dtype");
+    check_error(imp_model_load(model_path, "{\"kv_cache\": \"q4\"}", &model),
+                IMP_STATUS_INVALID_ARGUMENT, "q4", "load: bad kv_cache");
     check_error(imp_model_load(model_path, "{\"banana\": 1}", &model),
                 IMP_STATUS_INVALID_ARGUMENT, "banana", "load: unknown option");
     check_error(imp_model_load(model_path, "{\"threads\": 0}", &model),

@@ -10,7 +10,7 @@ use std::array;
 use super::{Tile, BLOCK_BYTES, Q4_0};
 use crate::act::{Rows, BLOCK};
 use crate::cpu::Isa;
-use crate::packed::x86::quad;
+use crate::packed::x86::{quad, PREFETCH_BYTES};
 use crate::packed::{check_call, in_groups, LANES};
 
 pub(super) fn avx512_vnni(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
@@ -64,7 +64,11 @@ unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; 
         let mut hi = [_mm512_setzero_si512(); R];
         let q = quants.add(b * BLOCK_BYTES);
         for j in 0..4 {
-            let v = _mm512_loadu_si512(q.add(j * 64).cast());
+            let line = q.add(j * 64);
+            // Past the tile's end this asks for the next tile's lines, which the same thread
+            // reads next; a prefetch never faults.
+            _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(PREFETCH_BYTES).cast());
+            let v = _mm512_loadu_si512(line.cast());
             let wl = _mm512_and_si512(v, mask);
             let wh = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
             for r in 0..R {

@@ -9,7 +9,7 @@ use std::array;
 use super::{Tile, Q4K, QUANT_BYTES, SM_BYTES, SUBS};
 use crate::act::{Rows, BLOCK};
 use crate::cpu::Isa;
-use crate::packed::x86::quad;
+use crate::packed::x86::{quad, PREFETCH_BYTES};
 use crate::packed::{check_call, in_groups, LANES};
 
 pub(super) fn avx512_vnni(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
@@ -64,7 +64,11 @@ unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; 
             let mut lo = [_mm512_setzero_si512(); R];
             let mut hi = [_mm512_setzero_si512(); R];
             for g in 0..8 {
-                let v = _mm512_loadu_si512(q.add((p * 8 + g) * 64).cast());
+                let line = q.add((p * 8 + g) * 64);
+                // Past the tile's end this asks for the next tile's lines, which the same
+                // thread reads next; a prefetch never faults.
+                _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(PREFETCH_BYTES).cast());
+                let v = _mm512_loadu_si512(line.cast());
                 let wl = _mm512_and_si512(v, mask);
                 let wh = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
                 for r in 0..R {

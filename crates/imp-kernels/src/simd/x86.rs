@@ -6,10 +6,12 @@
 
 use std::arch::x86_64::*;
 
+use half::{bf16, f16};
+
 use super::{Kernel, Simd};
 use crate::cpu::Isa;
 
-/// Proof that the CPU has AVX2 and FMA.
+/// Proof that the CPU has AVX2, FMA and F16C.
 #[derive(Debug, Clone, Copy)]
 pub struct Avx2(());
 
@@ -30,7 +32,7 @@ impl Avx512 {
 }
 
 pub fn run_avx2<K: Kernel>(kernel: K) -> K::Output {
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn with<K: Kernel>(kernel: K, token: Avx2) -> K::Output {
         kernel.run(token)
     }
@@ -149,6 +151,33 @@ impl Simd for Avx2 {
             _mm256_blendv_ps(otherwise, if_neg, negative)
         }
     }
+    #[inline(always)]
+    fn prefetch<T>(self, address: *const T) {
+        // Safety: a prefetch reads nothing architecturally and cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(address.cast()) }
+    }
+    #[inline(always)]
+    fn load_f16(self, src: &[f16]) -> __m256 {
+        assert!(src.len() >= 8);
+        // Safety: 8 readable values (asserted); F16C comes with the token, see the module doc.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().cast())) }
+    }
+    #[inline(always)]
+    fn load_bf16(self, src: &[bf16]) -> __m256 {
+        assert!(src.len() >= 8);
+        // Safety: 8 readable values (asserted); see the module doc. A bf16 is the high half
+        // of an f32.
+        unsafe {
+            let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(src.as_ptr().cast()));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(wide))
+        }
+    }
+    #[inline(always)]
+    fn load_i8(self, src: &[u8]) -> __m256 {
+        assert!(src.len() >= 8);
+        // Safety: 8 readable bytes (asserted); see the module doc.
+        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(src.as_ptr().cast()))) }
+    }
 }
 
 impl Simd for Avx512 {
@@ -242,5 +271,32 @@ impl Simd for Avx512 {
             let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(cond, _mm512_setzero_ps());
             _mm512_mask_blend_ps(negative, otherwise, if_neg)
         }
+    }
+    #[inline(always)]
+    fn prefetch<T>(self, address: *const T) {
+        // Safety: a prefetch reads nothing architecturally and cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(address.cast()) }
+    }
+    #[inline(always)]
+    fn load_f16(self, src: &[f16]) -> __m512 {
+        assert!(src.len() >= 16);
+        // Safety: 16 readable values (asserted); see the module doc.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(src.as_ptr().cast())) }
+    }
+    #[inline(always)]
+    fn load_bf16(self, src: &[bf16]) -> __m512 {
+        assert!(src.len() >= 16);
+        // Safety: 16 readable values (asserted); see the module doc. A bf16 is the high half
+        // of an f32.
+        unsafe {
+            let wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(src.as_ptr().cast()));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(wide))
+        }
+    }
+    #[inline(always)]
+    fn load_i8(self, src: &[u8]) -> __m512 {
+        assert!(src.len() >= 16);
+        // Safety: 16 readable bytes (asserted); see the module doc.
+        unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(src.as_ptr().cast()))) }
     }
 }

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 use imp_kernels::flash::{self, Visibility};
-use imp_kernels::host::fast_path;
+use imp_kernels::kv;
 
 use crate::Result;
 
@@ -13,10 +13,13 @@ use crate::Result;
 /// operand may be a strided view. Scores and softmax run in f32 whatever the compute dtype, as
 /// the references do (Phi-2 even computes QK^T in f32 to avoid overflow).
 ///
+/// Keys and values may be stored in another format than `q` (the session's cache format,
+/// [`crate::session::KvCache`]): the fused kernel reads them in place.
+///
 /// CPU inference runs the fused kernel ([`flash`]); other devices, and tensors that track
-/// gradients, take [`attend_candle`].
+/// gradients, take [`attend_candle`] on keys and values widened to `q`'s dtype.
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, causal_past: Option<usize>) -> Result<Tensor> {
-    if fast_path(&[q, k, v]) && [q, k, v].iter().all(|t| flash::supports(t)) {
+    if flash::takes(q, k, v) {
         let scale = 1.0 / (q.dim(D::Minus1)? as f32).sqrt();
         let visibility = match causal_past {
             Some(past) => Visibility::Causal { past },
@@ -24,7 +27,13 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, causal_past: Option<usize>) ->
         };
         return Ok(flash::flash_attention(q, k, v, scale, visibility)?);
     }
-    attend_candle(q, k, v, causal_past)
+    let widen = |x: &Tensor| -> Result<Tensor> {
+        Ok(match x.dtype() {
+            DType::U8 => kv::dequantize_q8(x)?.to_dtype(q.dtype())?,
+            _ => x.to_dtype(q.dtype())?,
+        })
+    };
+    attend_candle(q, &widen(k)?, &widen(v)?, causal_past)
 }
 
 /// [`attend`] with candle's ops, materialising the scores: the reference the fused kernel is
