@@ -1,4 +1,4 @@
-//! The storage formats of the key/value cache, which the fused attention ([`crate::flash`])
+//! The storage formats of the key/value cache, which the fused attention
 //! reads in place: one row per head and token, in f32, f16, bf16, or q8.
 //!
 //! After an image prompt the cache is a large part of what each decode step reads (Phi-2 at
