@@ -144,7 +144,7 @@ def isa_text(result: dict) -> str:
              if c.get("imp", {}).get("isa")}
     if not paths:
         return "not recorded"
-    return "; ".join(f"4-bit matmul {isa.get('q4_matmul', '?')}, fused float "
+    return "; ".join(f"block matmul {isa.get('block_matmul', '?')}, fused float "
                      f"{isa.get('fused', '?')}" for isa in map(json.loads, sorted(paths)))
 
 

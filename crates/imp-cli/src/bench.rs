@@ -250,11 +250,11 @@ fn cpu_model() -> String {
 }
 
 /// The instruction-set path each kernel family takes on this CPU, named as `imp info` and
-/// `IMP_EXPECT_ISA` name them: the 4-bit matrix products (`q4_0`, `q4_k`) and the fused float
-/// kernels (attention, norms, GELU).
+/// `IMP_EXPECT_ISA` name them: the block-format matrix products (q4_0, q4_k, q8_0) and the
+/// fused float kernels (attention, norms, GELU).
 fn kernel_paths() -> Value {
     json!({
-        "q4_matmul": format!("{:?}", imp_kernels::packed::best()),
+        "block_matmul": format!("{:?}", imp_kernels::packed::best()),
         "fused": format!("{:?}", imp_kernels::simd::best()),
     })
 }
@@ -450,8 +450,8 @@ fn print_table(report: &Value) {
         (
             "kernel paths",
             format!(
-                "4-bit matmul {}, fused float {}",
-                isa["q4_matmul"].as_str().unwrap_or(""),
+                "block matmul {}, fused float {}",
+                isa["block_matmul"].as_str().unwrap_or(""),
                 isa["fused"].as_str().unwrap_or("")
             ),
         ),

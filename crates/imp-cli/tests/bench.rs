@@ -22,7 +22,7 @@ const ISA_NAMES: [&str; 6] = [
 fn assert_machine_fields(report: &Value) {
     let cpu = report["cpu"].as_str().unwrap();
     assert!(!cpu.trim().is_empty(), "cpu = {cpu:?}");
-    for family in ["q4_matmul", "fused"] {
+    for family in ["block_matmul", "fused"] {
         let path = report["isa"][family].as_str().unwrap();
         assert!(ISA_NAMES.contains(&path), "isa.{family} = {path}");
     }

@@ -102,11 +102,6 @@ impl<'a, T: CacheRow> Heads<'a, T> {
         )
     }
 
-    /// Values per row.
-    pub fn head_dim(&self) -> usize {
-        self.head_dim
-    }
-
     /// Where row `token` of `head` starts, for a prefetch: any token, even past the end.
     fn row_address(&self, head: usize, token: usize) -> *const T {
         let start = self.offset + head * self.head_stride + token * self.row_stride;

@@ -1,5 +1,5 @@
-//! The storage formats of the key/value cache, which the fused attention
-//! reads in place: one row per head and token, in f32, f16, bf16, or q8.
+//! The storage formats of the key/value cache, which the fused attention reads in place: one row
+//! per head and token, in f32, f16, bf16, or q8.
 //!
 //! After an image prompt the cache is a large part of what each decode step reads (Phi-2 at
 //! 793 tokens: 0.52 GB in f32 against 1.5 GB of 4-bit weights), so a narrower cache is a faster

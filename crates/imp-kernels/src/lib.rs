@@ -1,12 +1,14 @@
 //! CPU kernels of the imp engine, for the weight formats and ops where a benchmark showed
 //! candle's CPU code slow:
 //!
-//! - 4-bit matrix products ([`PackedQ4_0`], [`PackedQ4K`], shared machinery in [`packed`]):
+//! - Block-format matrix products ([`PackedQ4_0`], [`PackedQ4K`], [`PackedQ8_0`], shared
+//!   machinery in [`packed`]):
 //!   one activation row through candle's `QMatMul` streamed the weights at 3.3-5.1 GiB/s on x86
 //!   (Q4_0 is a vector-dot loop there); ours repack the GGML blocks once into 16-row tiles read
 //!   front to back and stream 23-28 GiB/s, 78-95 % of the measured memory bandwidth, with several
 //!   rows per weight load for prefill (128 rows: 23x candle for Q4_0, 1.3-1.4x for Q4_K).
-//!   `benches/q4.rs` measures both.
+//!   `benches/packed.rs` measures both; Q8_0 joined them for the same single copy of the
+//!   weights.
 //! - Fused attention ([`flash`]), LayerNorm / RMSNorm ([`norm`]) and GELU ([`gelu`]): candle
 //!   materialises the attention scores, its fused LayerNorm subtracts the squared mean (losing
 //!   digits) and its GELU calls libm's `tanhf` / `erff` one element at a time; ours run on every
@@ -36,6 +38,7 @@ pub mod norm;
 pub mod packed;
 mod q4_0;
 mod q4_k;
+mod q8_0;
 pub mod simd;
 
 pub use cpu::{CpuFeatures, Isa};
@@ -43,3 +46,4 @@ pub use error::{Error, Result};
 pub use packed::Packed;
 pub use q4_0::{PackedQ4_0, Q4_0};
 pub use q4_k::{PackedQ4K, Q4K};
+pub use q8_0::{PackedQ8_0, Q8_0};

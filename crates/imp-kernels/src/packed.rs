@@ -1,6 +1,6 @@
-//! 4-bit GGML weights (Q4_0 and Q4_K) repacked for our own matrix kernels.
+//! GGML block weights (Q4_0, Q4_K, Q8_0) repacked for our own matrix kernels.
 //!
-//! Both formats store a matrix `[out, in]` row by row, 4-bit values in blocks along `in` with
+//! The formats store a matrix `[out, in]` row by row, 4- or 8-bit values in blocks along `in` with
 //! per-block scales. The packed types regroup the rows into tiles of 16 (lanes) so that one
 //! SIMD register holds the same 4 bytes of 16 rows; the tiles are read front to back, which the
 //! hardware prefetchers follow at full memory bandwidth. Each packed type keeps one copy of the
@@ -36,7 +36,7 @@ pub const LANES: usize = 16;
 /// Activation rows one kernel call multiplies with a tile.
 pub const MAX_ROWS: usize = 8;
 
-/// The instruction sets the 4-bit kernels are written for, the slowest first.
+/// The instruction sets the block-format kernels are written for, the slowest first.
 pub const PATHS: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::NeonDotprod];
 
 /// The path [`Packed::matmul`] takes on this CPU: the fastest of [`PATHS`] it runs. Public so
@@ -79,7 +79,7 @@ impl<T> Kernels<T> {
     }
 }
 
-/// A 4-bit GGML format in the tile layout: how its GGML blocks look, how it repacks them, what
+/// A GGML block format in the tile layout: how its GGML blocks look, how it repacks them, what
 /// one tile is, and its kernels. Implemented by the crate's formats only.
 pub trait PackedFormat: 'static {
     /// The format's name in messages.
@@ -134,7 +134,7 @@ pub(crate) fn in_groups(
     }
 }
 
-/// A 4-bit matrix `[out, in]` of format `F` in its tile layout.
+/// A block-format matrix `[out, in]` of format `F` in its tile layout.
 pub struct Packed<F: PackedFormat> {
     out: usize,
     /// GGML blocks per row.
@@ -228,7 +228,7 @@ fn matmul<T: Copy>(
     let m = x.len() / width;
     if x.len() != m * width || y.len() != m * out {
         return Err(Error::operands(
-            "4-bit matmul",
+            "block-format matmul",
             format!(
                 "[{out}, {width}]: input of {} values, output of {}",
                 x.len(),

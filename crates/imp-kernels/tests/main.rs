@@ -5,6 +5,6 @@
 mod attention;
 mod gelu;
 mod norm;
+mod packed;
 mod paths;
-mod q4;
 mod support;

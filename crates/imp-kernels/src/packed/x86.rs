@@ -10,6 +10,6 @@ pub unsafe fn quad(x: *const i8, i: usize) -> i32 {
 
 /// How far ahead of its loads an AVX-512 kernel asks for weight lines. Intel cores keep too few
 /// lines in flight for one weight stream per core without it (Xeon, 2 threads: one-row q4_k
-/// from 0.76-0.81 to 0.82-0.94 of the bandwidth probe, `benches/q4.rs`); 4 KB ahead was no
+/// from 0.76-0.81 to 0.82-0.94 of the bandwidth probe, `benches/packed.rs`); 4 KB ahead was no
 /// better.
 pub(crate) const PREFETCH_BYTES: usize = 2048;

@@ -32,12 +32,13 @@ pub(super) fn avx512_vnni(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES
 
 pub(super) fn avx2(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     check_call::<Q4_0>(Isa::Avx2, &tile, &rows, out);
-    // At most 4 rows at once: 2 registers per row fill the 16 of AVX2.
+    // At most 4 rows at once: 2 registers per row fill the 16 of AVX2. One row (decode) is
+    // bound by memory, more by the multiply-adds.
     in_groups(rows, out, 4, |rows, out| {
         // Safety: `check_call` made sure of the CPU features and the lengths.
         unsafe {
             match out.len() {
-                1 => avx2_rows::<1>(tile, rows, out),
+                1 => avx2_one_pass::<1>(tile, rows, out),
                 2 => avx2_rows::<2>(tile, rows, out),
                 3 => avx2_rows::<3>(tile, rows, out),
                 _ => avx2_rows::<4>(tile, rows, out),
@@ -135,6 +136,62 @@ unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[
         }
         for r in 0..R {
             _mm256_storeu_ps(out[r].as_mut_ptr().add(half * 8), acc[r]);
+        }
+    }
+}
+
+/// One tile against `R` rows (`R == out.len()`), 8 lanes per register, both halves of each
+/// 64-byte row in one pass with prefetch, so each weight line is read once (see
+/// `q4_k/x86.rs`).
+///
+/// Safety: the CPU has AVX2, FMA and F16C; the lengths passed `check_call`.
+// The row and half indices address several arrays at once, which iterators would hide.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_one_pass<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
+    let mask = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
+    let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
+    let sums: [&[i32]; R] = array::from_fn(|r| rows.sums(r));
+    let (scales, quants) = (tile.scales.as_ptr(), tile.quants.as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for b in 0..rows.blocks() {
+        // Eight products of two pairs per i16 lane: at most 8 · 2 · 15 · 127 < 2^15.
+        let mut sum = [[_mm256_setzero_si256(); 2]; R];
+        let q = quants.add(b * BLOCK_BYTES);
+        for j in 0..4 {
+            let line = q.add(j * 64);
+            _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(PREFETCH_BYTES).cast());
+            for half in 0..2 {
+                let v = _mm256_loadu_si256(line.add(half * 32).cast());
+                let wl = _mm256_and_si256(v, mask);
+                let wh = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+                for r in 0..R {
+                    let i = b * BLOCK + 4 * j;
+                    let xl = _mm256_set1_epi32(quad(x[r], i));
+                    let xh = _mm256_set1_epi32(quad(x[r], i + 16));
+                    let s = &mut sum[r][half];
+                    *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(wl, xl));
+                    *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(wh, xh));
+                }
+            }
+        }
+        for half in 0..2 {
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(scales.add(b * LANES + half * 8).cast()));
+            for r in 0..R {
+                let dot = _mm256_add_epi32(
+                    _mm256_madd_epi16(sum[r][half], ones),
+                    _mm256_set1_epi32(-8 * sums[r][b]),
+                );
+                let s = _mm256_mul_ps(dw, _mm256_set1_ps(d[r][b]));
+                acc[r][half] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(dot), acc[r][half]);
+            }
+        }
+    }
+    for r in 0..R {
+        for half in 0..2 {
+            _mm256_storeu_ps(out[r].as_mut_ptr().add(half * 8), acc[r][half]);
         }
     }
 }

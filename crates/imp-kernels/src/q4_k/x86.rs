@@ -30,12 +30,13 @@ pub(super) fn avx512_vnni(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES
 
 pub(super) fn avx2(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     check_call::<Q4K>(Isa::Avx2, &tile, &rows, out);
-    // At most 2 rows at once: 3 registers per row, and the weights and scales.
+    // At most 2 rows at once: 3 registers per row, and the weights and scales. One row (decode)
+    // is bound by memory, more by the multiply-adds.
     in_groups(rows, out, 2, |rows, out| {
         // Safety: `check_call` made sure of the CPU features and the lengths.
         unsafe {
             match out.len() {
-                1 => avx2_rows::<1>(tile, rows, out),
+                1 => avx2_one_pass::<1>(tile, rows, out),
                 _ => avx2_rows::<2>(tile, rows, out),
             }
         }
@@ -154,6 +155,73 @@ unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[
         }
         for r in 0..R {
             _mm256_storeu_ps(out[r].as_mut_ptr().add(half * 8), acc[r]);
+        }
+    }
+}
+
+/// One tile against `R` rows (`R == out.len()`), 8 lanes per register, both halves of each
+/// 64-byte group row in one pass with prefetch: each weight line is read once, so the memory
+/// never waits for a second pass over the tile (one row on an AVX2-only AMD EPYC, 2 threads:
+/// 16-17 % more GB/s than two passes; the spills of two rows cost prefill 6-16 %).
+///
+/// Safety: the CPU has AVX2, FMA and F16C; the lengths passed `check_call`.
+// The row and half indices address several arrays at once, which iterators would hide.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_one_pass<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
+    let mask = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
+    let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
+    let sums: [&[i32]; R] = array::from_fn(|r| rows.sums(r));
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for sb in 0..rows.blocks() / SUBS {
+        let dd = tile.dd.as_ptr().add(sb * 2 * LANES);
+        let sm = tile.sm.as_ptr().add(sb * SM_BYTES);
+        let q = tile.quants.as_ptr().add(sb * QUANT_BYTES);
+        for p in 0..SUBS / 2 {
+            let b = sb * SUBS + 2 * p;
+            let mut lo = [[_mm256_setzero_si256(); 2]; R];
+            let mut hi = [[_mm256_setzero_si256(); 2]; R];
+            for g in 0..8 {
+                let line = q.add((p * 8 + g) * 64);
+                _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(PREFETCH_BYTES).cast());
+                for half in 0..2 {
+                    let v = _mm256_loadu_si256(line.add(half * 32).cast());
+                    let wl = _mm256_and_si256(v, mask);
+                    let wh = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+                    for r in 0..R {
+                        let xl = _mm256_set1_epi32(quad(x[r], b * BLOCK + 4 * g));
+                        let xh = _mm256_set1_epi32(quad(x[r], (b + 1) * BLOCK + 4 * g));
+                        lo[r][half] = _mm256_add_epi16(lo[r][half], _mm256_maddubs_epi16(wl, xl));
+                        hi[r][half] = _mm256_add_epi16(hi[r][half], _mm256_maddubs_epi16(wh, xh));
+                    }
+                }
+            }
+            for half in 0..2 {
+                let d_w = _mm256_cvtph_ps(_mm_loadu_si128(dd.add(half * 8).cast()));
+                let dmin = _mm256_cvtph_ps(_mm_loadu_si128(dd.add(LANES + half * 8).cast()));
+                for (h, dots) in [&lo, &hi].into_iter().enumerate() {
+                    let s = 2 * p + h;
+                    let sc = _mm_loadl_epi64(sm.add(s * LANES + half * 8).cast());
+                    let m = _mm_loadl_epi64(sm.add((SUBS + s) * LANES + half * 8).cast());
+                    let dsc = _mm256_mul_ps(d_w, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc)));
+                    let dmm = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m)));
+                    for r in 0..R {
+                        let dx = d[r][b + h];
+                        let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(dots[r][half], ones));
+                        let s = _mm256_mul_ps(dsc, _mm256_set1_ps(dx));
+                        acc[r][half] = _mm256_fmadd_ps(s, dot, acc[r][half]);
+                        let xsum = _mm256_set1_ps(dx * sums[r][b + h] as f32);
+                        acc[r][half] = _mm256_fnmadd_ps(dmm, xsum, acc[r][half]);
+                    }
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        for half in 0..2 {
+            _mm256_storeu_ps(out[r].as_mut_ptr().add(half * 8), acc[r][half]);
         }
     }
 }

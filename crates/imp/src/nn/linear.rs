@@ -1,13 +1,13 @@
 //! The layers that hold weight matrices: the linear layer every model part uses and the token
 //! embedding. They hide the weight format (dense f32/f16/bf16, GGML blocks through candle's
-//! `QMatMul`, or Q4_0 and Q4_K on the CPU through our own [`kernels`](imp_kernels)), so the
+//! `QMatMul`, or Q4_0, Q4_K and Q8_0 on the CPU through our own [`kernels`](imp_kernels)), so the
 //! model definitions never change when the storage does.
 
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Module, Tensor, D};
-use imp_kernels::{PackedQ4K, PackedQ4_0};
+use imp_kernels::{PackedQ4K, PackedQ4_0, PackedQ8_0};
 
 use super::lora::Lora;
 use crate::quant::Matrix;
@@ -34,6 +34,8 @@ enum Weight {
     Q4_0(Arc<PackedQ4_0>),
     /// Q4_K on the CPU: ours streams fewer bytes than candle's repacked kernel.
     Q4K(Arc<PackedQ4K>),
+    /// Q8_0 on the CPU: ours streams the bytes closer to the memory bound than candle's.
+    Q8_0(Arc<PackedQ8_0>),
 }
 
 impl Linear {
@@ -59,6 +61,11 @@ impl Linear {
                     stored_in,
                 )?)),
                 GgmlDType::Q4K => Weight::Q4K(Arc::new(PackedQ4K::from_ggml(
+                    &blocks.data()?,
+                    out_features,
+                    stored_in,
+                )?)),
+                GgmlDType::Q8_0 => Weight::Q8_0(Arc::new(PackedQ8_0::from_ggml(
                     &blocks.data()?,
                     out_features,
                     stored_in,
@@ -126,6 +133,7 @@ impl Linear {
             }
             Weight::Q4_0(weight) => self.padded_f32(x)?.apply_op1_no_bwd(weight.as_ref())?,
             Weight::Q4K(weight) => self.padded_f32(x)?.apply_op1_no_bwd(weight.as_ref())?,
+            Weight::Q8_0(weight) => self.padded_f32(x)?.apply_op1_no_bwd(weight.as_ref())?,
         }
         .to_dtype(dtype)?;
         let y = match &self.bias {

@@ -1,12 +1,12 @@
-//! Our 4-bit kernels (Q4_0, Q4_K): every SIMD path this CPU runs gives the scalar reference's
-//! numbers up to float summation order (the integer dot products are exact); the reference
-//! gives the product of candle's dequantized GGML weights with the int8-quantized activations;
-//! and the results agree with candle's `QMatMul` on the same GGML bytes up to the two activation
-//! quantizations.
+//! Our block-format kernels (Q4_0, Q4_K, Q8_0): every SIMD path this CPU runs gives the scalar
+//! reference's numbers up to float summation order (the integer dot products are exact); the
+//! reference gives the product of candle's dequantized GGML weights with the int8-quantized
+//! activations; and the results agree with candle's `QMatMul` on the same GGML bytes up to the
+//! two activation quantizations.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use imp_kernels::{packed, Isa, PackedQ4K, PackedQ4_0};
+use imp_kernels::{packed, Isa, PackedQ4K, PackedQ4_0, PackedQ8_0};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -26,7 +26,7 @@ const SHAPES: [(usize, usize, usize); 6] = [
     (64, 2560, 0),
 ];
 
-const FORMATS: [GgmlDType; 2] = [GgmlDType::Q4_0, GgmlDType::Q4K];
+const FORMATS: [GgmlDType; 3] = [GgmlDType::Q4_0, GgmlDType::Q4K, GgmlDType::Q8_0];
 
 /// A random matrix `[rows, cols]` with its last `padding` columns zero; a few large values give
 /// the blocks different scales.
@@ -56,6 +56,7 @@ fn quantized_activations(x: &[f32]) -> Vec<f32> {
 enum Packed {
     Q4_0(PackedQ4_0),
     Q4K(PackedQ4K),
+    Q8_0(PackedQ8_0),
 }
 
 struct Case {
@@ -86,6 +87,7 @@ impl Case {
         let data = blocks.data().unwrap();
         let packed = match format {
             GgmlDType::Q4_0 => Packed::Q4_0(PackedQ4_0::from_ggml(&data, out, width).unwrap()),
+            GgmlDType::Q8_0 => Packed::Q8_0(PackedQ8_0::from_ggml(&data, out, width).unwrap()),
             _ => Packed::Q4K(PackedQ4K::from_ggml(&data, out, width).unwrap()),
         };
         let w = blocks.dequantize(&device).unwrap();
@@ -140,6 +142,7 @@ impl Case {
         match &self.packed {
             Packed::Q4_0(p) => p.matmul_with(isa, &self.x, &mut y).unwrap(),
             Packed::Q4K(p) => p.matmul_with(isa, &self.x, &mut y).unwrap(),
+            Packed::Q8_0(p) => p.matmul_with(isa, &self.x, &mut y).unwrap(),
         }
         y
     }
@@ -177,14 +180,14 @@ fn cases() -> impl Iterator<Item = Case> {
         .into_iter()
         .flat_map(|format| ROWS.map(|m| (format, m)))
         .flat_map(|(format, m)| SHAPES.map(|shape| (format, m, shape)))
-        .filter(|&(format, _, (_, width, _))| format == GgmlDType::Q4_0 || width % 256 == 0)
+        .filter(|&(format, _, (_, width, _))| format != GgmlDType::Q4K || width % 256 == 0)
         .map(move |(format, m, shape)| Case::new(&mut rng, format, m, shape))
 }
 
 #[test]
 fn every_simd_path_equals_the_scalar_reference() {
     let isas = simd_paths(&packed::PATHS);
-    eprintln!("4-bit paths on this CPU besides the scalar one: {isas:?}");
+    eprintln!("Block-format paths on this CPU besides the scalar one: {isas:?}");
     for case in cases() {
         let reference = case.run(Isa::Scalar);
         for &isa in &isas {
@@ -208,10 +211,10 @@ fn kernels_agree_with_candle_qmatmul() {
         let x = Tensor::from_vec(case.x.clone(), (case.m, case.width), &Device::Cpu).unwrap();
         let candle = case.candle.forward(&x).unwrap();
         let candle = candle.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        // For Q4_0 candle quantizes the activations as we do, only with f16 scales (relative
-        // error 2^-11); for Q4_K it takes one scale per 256 values.
+        // For Q4_0 and Q8_0 candle quantizes the activations as we do, only with f16 scales
+        // (relative error 2^-11); for Q4_K it takes one scale per 256 values.
         let tolerance = |i: usize| match case.format {
-            GgmlDType::Q4_0 => 1e-3 * case.magnitude[i],
+            GgmlDType::Q4_0 | GgmlDType::Q8_0 => 1e-3 * case.magnitude[i],
             _ => case.act_error[i] + 1e-3 * case.magnitude[i],
         };
         let best = Isa::best_of(&packed::PATHS);
@@ -231,4 +234,8 @@ fn bad_shapes_are_errors() {
     assert!(PackedQ4K::from_ggml(&bytes, 1, 128).is_err());
     assert!(PackedQ4K::from_ggml(&bytes, 2, 256).is_err());
     assert!(PackedQ4K::from_ggml(&bytes, 1, 256).is_ok());
+    let bytes = vec![0u8; 34 * 2];
+    assert!(PackedQ8_0::from_ggml(&bytes, 1, 48).is_err());
+    assert!(PackedQ8_0::from_ggml(&bytes, 3, 32).is_err());
+    assert!(PackedQ8_0::from_ggml(&bytes, 1, 64).is_ok());
 }

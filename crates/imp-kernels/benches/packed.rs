@@ -1,10 +1,10 @@
-//! Our 4-bit kernels (Q4_0, Q4_K) against candle's `QMatMul` on the Phi-2 matrix shapes, for
-//! one activation row (decode; throughput in weight bytes streamed per second) and 128 rows
-//! (prefill), and a memory-bandwidth reference: summing a 1 GiB buffer on the same threads. Each iteration takes
-//! the next of several copies of the matrix, together far larger than the last-level cache, so
-//! the weights come from memory as in a whole model.
+//! Our block-format kernels (Q4_0, Q4_K, Q8_0) against candle's `QMatMul` on the Phi-2 matrix
+//! shapes, for one activation row (decode; throughput in weight bytes streamed per second) and
+//! 128 rows (prefill), and a memory-bandwidth reference: summing a 1 GiB buffer on the same
+//! threads. Each iteration takes the next of several copies of the matrix, together far larger
+//! than the last-level cache, so the weights come from memory as in a whole model.
 //!
-//! `RAYON_NUM_THREADS=2 cargo bench -p imp-kernels --bench q4`
+//! `RAYON_NUM_THREADS=2 cargo bench -p imp-kernels --bench packed`
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use candle_core::quantized::{ggml_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use imp_kernels::packed::{Packed, PackedFormat};
-use imp_kernels::{Q4K, Q4_0};
+use imp_kernels::{Q4K, Q4_0, Q8_0};
 use rayon::prelude::*;
 
 /// Phi-2's matrices `(out, in)`: MLP up, MLP down, fused QKV.
@@ -102,5 +102,9 @@ fn q4_k(c: &mut Criterion) {
     compare::<Q4K>(c, GgmlDType::Q4K, "q4_k");
 }
 
-criterion_group!(benches, bandwidth, q4_0, q4_k);
+fn q8_0(c: &mut Criterion) {
+    compare::<Q8_0>(c, GgmlDType::Q8_0, "q8_0");
+}
+
+criterion_group!(benches, bandwidth, q4_0, q4_k, q8_0);
 criterion_main!(benches);
