@@ -17,6 +17,7 @@
 
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
+pub(crate) mod scaled;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 

@@ -33,7 +33,10 @@ pub(super) fn dotprod(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) 
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn dot<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
-    let (scales, quants) = (tile.scales.as_ptr().cast::<u16>(), tile.quants.as_ptr());
+    let (scales, quants) = (
+        tile.scales.as_ptr().cast::<u16>(),
+        tile.quants.as_ptr().cast::<i8>(),
+    );
     for quarter in 0..4 {
         let mut acc = [vdupq_n_f32(0.0); R];
         for b in 0..rows.blocks() {
