@@ -101,7 +101,6 @@ unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm256_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
     let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
     let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
     let sums: [&[i32]; R] = array::from_fn(|r| rows.sums(r));
@@ -126,12 +125,7 @@ unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[
             }
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(scales.add(b * LANES + half * 8).cast()));
             for r in 0..R {
-                let dot = _mm256_add_epi32(
-                    _mm256_madd_epi16(sum[r], ones),
-                    _mm256_set1_epi32(-8 * sums[r][b]),
-                );
-                let s = _mm256_mul_ps(dw, _mm256_set1_ps(d[r][b]));
-                acc[r] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(dot), acc[r]);
+                acc[r] = add_block(acc[r], sum[r], dw, d[r][b], sums[r][b]);
             }
         }
         for r in 0..R {
@@ -150,7 +144,6 @@ unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_one_pass<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm256_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
     let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
     let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
     let sums: [&[i32]; R] = array::from_fn(|r| rows.sums(r));
@@ -180,12 +173,7 @@ unsafe fn avx2_one_pass<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mu
         for half in 0..2 {
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(scales.add(b * LANES + half * 8).cast()));
             for r in 0..R {
-                let dot = _mm256_add_epi32(
-                    _mm256_madd_epi16(sum[r][half], ones),
-                    _mm256_set1_epi32(-8 * sums[r][b]),
-                );
-                let s = _mm256_mul_ps(dw, _mm256_set1_ps(d[r][b]));
-                acc[r][half] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(dot), acc[r][half]);
+                acc[r][half] = add_block(acc[r][half], sum[r][half], dw, d[r][b], sums[r][b]);
             }
         }
     }
@@ -194,4 +182,17 @@ unsafe fn avx2_one_pass<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mu
             _mm256_storeu_ps(out[r].as_mut_ptr().add(half * 8), acc[r][half]);
         }
     }
+}
+
+/// `acc + d_w · d_x · (Σ q·x - 8 · Σx)` for 8 lanes of one block, `sum` holding each lane's
+/// `vpmaddubsw` pair sums of `q·x`: the epilogue of both AVX2 kernels.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn add_block(acc: __m256, sum: __m256i, d_w: __m256, d_x: f32, x_sum: i32) -> __m256 {
+    let dot = _mm256_add_epi32(
+        _mm256_madd_epi16(sum, _mm256_set1_epi16(1)),
+        _mm256_set1_epi32(-8 * x_sum),
+    );
+    let s = _mm256_mul_ps(d_w, _mm256_set1_ps(d_x));
+    _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(dot), acc)
 }

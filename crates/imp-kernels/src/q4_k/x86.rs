@@ -108,7 +108,6 @@ unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm256_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
     let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
     let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
     let sums: [&[i32]; R] = array::from_fn(|r| rows.sums(r));
@@ -137,18 +136,10 @@ unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[
                     }
                 }
                 for (h, dots) in [lo, hi].iter().enumerate() {
-                    let s = 2 * p + h;
-                    let sc = _mm_loadl_epi64(sm.add(s * LANES).cast());
-                    let m = _mm_loadl_epi64(sm.add((SUBS + s) * LANES).cast());
-                    let dsc = _mm256_mul_ps(d_w, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc)));
-                    let dmm = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m)));
+                    let scales = sub_scales(d_w, dmin, sm.add((2 * p + h) * LANES));
                     for r in 0..R {
-                        let dx = d[r][b + h];
-                        let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(dots[r], ones));
-                        let s = _mm256_mul_ps(dsc, _mm256_set1_ps(dx));
-                        acc[r] = _mm256_fmadd_ps(s, dot, acc[r]);
-                        let xsum = _mm256_set1_ps(dx * sums[r][b + h] as f32);
-                        acc[r] = _mm256_fnmadd_ps(dmm, xsum, acc[r]);
+                        let (d_x, x_sum) = (d[r][b + h], sums[r][b + h]);
+                        acc[r] = add_sub_block(acc[r], dots[r], scales, d_x, x_sum);
                     }
                 }
             }
@@ -170,7 +161,6 @@ unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_one_pass<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm256_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
     let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
     let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
     let sums: [&[i32]; R] = array::from_fn(|r| rows.sums(r));
@@ -202,18 +192,11 @@ unsafe fn avx2_one_pass<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mu
                 let d_w = _mm256_cvtph_ps(_mm_loadu_si128(dd.add(half * 8).cast()));
                 let dmin = _mm256_cvtph_ps(_mm_loadu_si128(dd.add(LANES + half * 8).cast()));
                 for (h, dots) in [&lo, &hi].into_iter().enumerate() {
-                    let s = 2 * p + h;
-                    let sc = _mm_loadl_epi64(sm.add(s * LANES + half * 8).cast());
-                    let m = _mm_loadl_epi64(sm.add((SUBS + s) * LANES + half * 8).cast());
-                    let dsc = _mm256_mul_ps(d_w, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc)));
-                    let dmm = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m)));
+                    let scales = sub_scales(d_w, dmin, sm.add((2 * p + h) * LANES + half * 8));
                     for r in 0..R {
-                        let dx = d[r][b + h];
-                        let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(dots[r][half], ones));
-                        let s = _mm256_mul_ps(dsc, _mm256_set1_ps(dx));
-                        acc[r][half] = _mm256_fmadd_ps(s, dot, acc[r][half]);
-                        let xsum = _mm256_set1_ps(dx * sums[r][b + h] as f32);
-                        acc[r][half] = _mm256_fnmadd_ps(dmm, xsum, acc[r][half]);
+                        let (d_x, x_sum) = (d[r][b + h], sums[r][b + h]);
+                        let a = &mut acc[r][half];
+                        *a = add_sub_block(*a, dots[r][half], scales, d_x, x_sum);
                     }
                 }
             }
@@ -224,4 +207,32 @@ unsafe fn avx2_one_pass<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mu
             _mm256_storeu_ps(out[r].as_mut_ptr().add(half * 8), acc[r][half]);
         }
     }
+}
+
+/// The 8 lanes' `d · sc` and `dmin · m` of one sub-block, from `d`, `dmin` and the sub-block's
+/// scales at `sc` (its minimums are `SUBS · LANES` bytes further).
+///
+/// Safety: 8 bytes readable at `sc` and at `sc + SUBS · LANES`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sub_scales(d_w: __m256, dmin: __m256, sc: *const u8) -> (__m256, __m256) {
+    let sc_m = [sc, sc.add(SUBS * LANES)]
+        .map(|p| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast()))));
+    (_mm256_mul_ps(d_w, sc_m[0]), _mm256_mul_ps(dmin, sc_m[1]))
+}
+
+/// `acc + d_x · (d · sc · Σ q·x - dmin · m · Σx)` for 8 lanes of one sub-block, `dots` holding
+/// each lane's `vpmaddubsw` pair sums of `q·x`: the epilogue of both AVX2 kernels.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn add_sub_block(
+    acc: __m256,
+    dots: __m256i,
+    (dsc, dmm): (__m256, __m256),
+    d_x: f32,
+    x_sum: i32,
+) -> __m256 {
+    let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(dots, _mm256_set1_epi16(1)));
+    let acc = _mm256_fmadd_ps(_mm256_mul_ps(dsc, _mm256_set1_ps(d_x)), dot, acc);
+    _mm256_fnmadd_ps(dmm, _mm256_set1_ps(d_x * x_sum as f32), acc)
 }
