@@ -106,13 +106,24 @@ def text_hparams(config: dict) -> dict:
 
 
 def add_tokenizer(w: gguf.GGUFWriter, folder: Path, vocab_size: int) -> None:
-    """GPT-2 byte-level BPE as llama.cpp expects it: every id below vocab_size has a token."""
-    tok = json.loads((folder / "tokenizer.json").read_text())
-    if tok["model"]["type"] != "BPE":
-        raise SystemExit(f"{folder}/tokenizer.json: expected a BPE tokenizer")
-    by_id = {i: t for t, i in tok["model"]["vocab"].items()}
+    """GPT-2 byte-level BPE as llama.cpp expects it: every id below vocab_size has a token.
+
+    Read from tokenizer.json, or from vocab.json + merges.txt with the added tokens of
+    tokenizer_config.json (the layout `imp synth` writes with imp's built-in tokenizer)."""
+    if (folder / "tokenizer.json").is_file():
+        tok = json.loads((folder / "tokenizer.json").read_text())
+        if tok["model"]["type"] != "BPE":
+            raise SystemExit(f"{folder}/tokenizer.json: expected a BPE tokenizer")
+        vocab, added_tokens = tok["model"]["vocab"], tok.get("added_tokens", [])
+    else:
+        vocab = json.loads((folder / "vocab.json").read_text())
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        added_tokens = [
+            {"id": int(i), **token} for i, token in config.get("added_tokens_decoder", {}).items()
+        ]
+    by_id = {i: t for t, i in vocab.items()}
     types = {i: gguf.TokenType.NORMAL for i in by_id}
-    for added in tok.get("added_tokens", []):
+    for added in added_tokens:
         by_id[added["id"]] = added["content"]
         types[added["id"]] = (
             gguf.TokenType.CONTROL if added["special"] else gguf.TokenType.USER_DEFINED
@@ -126,7 +137,8 @@ def add_tokenizer(w: gguf.GGUFWriter, folder: Path, vocab_size: int) -> None:
     w.add_tokenizer_pre("phi-2")
     w.add_token_list(tokens)
     w.add_token_types(token_types)
-    # Merges and the bos/eos/unk/pad ids, read from tokenizer.json / tokenizer_config.json.
+    # Merges and the bos/eos/unk/pad ids, from tokenizer.json or merges.txt and
+    # tokenizer_config.json.
     gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size).add_to_gguf(w, quiet=True)
     w.add_add_bos_token(False)
 
