@@ -159,7 +159,7 @@ impl Decoder {
         }
         let _span = tracing::trace_span!("decoder", tokens).entered();
         session.reserve(end)?;
-        let hidden = self.run_layers(embeds, start, Some(&mut *session))?;
+        let hidden = on_worker(|| self.run_layers(embeds, start, Some(&mut *session)))?;
         session.advance(tokens);
         Ok(hidden)
     }
@@ -311,5 +311,33 @@ impl DecoderLayer {
             }
         };
         self.mlp_out.forward(&h)
+    }
+}
+
+/// Runs `work` on a thread of rayon's pool. A parallel kernel called from any other thread hands
+/// its work to the pool and sleeps until a worker has finished it: two thread wake-ups for each
+/// of the few hundred kernels of a decode step. Called from a worker, the kernel splits its work
+/// there and that worker takes part, so the only wake-up is the other workers'.
+fn on_worker<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        work()
+    } else {
+        rayon::scope(|_| work())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_worker;
+
+    #[test]
+    fn work_runs_on_a_pool_thread_whoever_calls() {
+        assert_eq!(rayon::current_thread_index(), None);
+        assert!(on_worker(rayon::current_thread_index).is_some());
+        let (caller, inner) = rayon::scope(|_| {
+            let caller = rayon::current_thread_index();
+            (caller, on_worker(rayon::current_thread_index))
+        });
+        assert_eq!(inner, caller, "a pool thread runs the work in place");
     }
 }
