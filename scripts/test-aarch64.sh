@@ -49,5 +49,7 @@ IMP_EXPECT_ISA=Neon,NeonDotprod cargo test -p imp-kernels --locked --target "$ta
 imp=$(scripts/build-aarch64.sh dev -p imp-capi | tail -1)
 out=$(dirname "$imp")
 "$zig_bin/cc" -static -O2 -Iinclude examples/c/ask.c "$out/libimp.a" -lunwind -o "$out/ask"
-cargo build -p imp-cli --locked
+# The x86 `imp` with the features of `cargo test --workspace`, so that after the tests nothing
+# is compiled again (`-p imp-cli` alone would unify fewer features and rebuild the engine).
+cargo build --workspace --bins --tests --locked
 python3 scripts/check_aarch64_binary.py "$imp" target/debug/imp "$out/ask"

@@ -11,8 +11,9 @@ pub fn model_dir(name: &str) -> PathBuf {
 }
 
 /// The folder holding libimp, built with this test's profile. `cargo test` does not build a
-/// crate's C libraries, so this does, for every workspace library at once: the same
-/// features as the test build, so nothing else is compiled again.
+/// crate's C libraries, so this does, for the whole workspace with its tests: the dev
+/// dependencies take part in feature unification only when tests are built, so this is what
+/// makes the features those of `cargo test --workspace` and leaves nothing to compile again.
 pub fn library_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -25,12 +26,13 @@ pub fn library_dir() -> &'static Path {
             None => panic!("unexpected test path {}", exe.display()),
         };
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--workspace", "--lib", "--profile", &profile])
+            .args(["build", "--workspace", "--lib", "--tests", "--profile"])
+            .arg(&profile)
             .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
             .current_dir(repo())
             .status()
             .expect("running cargo");
-        assert!(status.success(), "cargo build --workspace --lib failed");
+        assert!(status.success(), "cargo build of the libraries failed");
         profile_dir
     })
 }
