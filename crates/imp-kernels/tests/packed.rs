@@ -12,8 +12,9 @@ use rand::{Rng, SeedableRng};
 
 use crate::support::simd_paths;
 
-/// Activation rows: decode, a few, more than one kernel call, a full row chunk.
-const ROWS: [usize; 4] = [1, 3, 17, 64];
+/// Activation rows: decode, a few, two row groups of a kernel (4 + 2), more than one kernel
+/// call, a full row chunk.
+const ROWS: [usize; 5] = [1, 3, 6, 17, 64];
 
 /// `(out, in, zero-padded columns at the end of in)`; the odd `out` leave part of the last
 /// 16-row tile empty. Q4_K takes the widths that are whole super-blocks of 256.
