@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
 use clap::Args;
 use image::RgbImage;
 use imp::{encode_images, generate_prepared, PreparedPrompt, Timings};
@@ -349,22 +350,30 @@ fn measure(
     options: &GenerationOptions,
     constrained: Option<&GenerationOptions>,
 ) -> Result<Sample> {
+    // Each generation has a session of its own, dropped before the next one starts, so the
+    // peak memory is that of one conversation.
+    let fresh = |prompt: &PreparedPrompt, rows: &[Tensor], options: &GenerationOptions| {
+        generate_prepared(
+            model,
+            &mut model.new_session(),
+            prompt,
+            rows,
+            options,
+            &mut |_| {},
+        )
+    };
     let mut stages = Timings::default();
     let rows = encode_images(model, images, &mut stages)?;
-    let mut session = model.new_session();
-    let generation = generate_prepared(model, &mut session, prepared, &rows, options, &mut |_| {})?;
+    let generation = fresh(prepared, &rows, options)?;
     stages.prefill = generation.timings.prefill;
     let decode_tok_s = generation.timings.decode_tokens_per_second();
 
-    let mut session = model.new_session();
-    let generation = generate_prepared(model, &mut session, short, &[], options, &mut |_| {})?;
+    let generation = fresh(short, &[], options)?;
     let short_decode_tok_s = generation.timings.decode_tokens_per_second();
 
     let constrained = match constrained {
         Some(options) => {
-            let mut session = model.new_session();
-            let generation =
-                generate_prepared(model, &mut session, prepared, &rows, options, &mut |_| {})?;
+            let generation = fresh(prepared, &rows, options)?;
             Some((
                 generation.timings.decode_tokens_per_second(),
                 generation.tokens.len(),

@@ -143,6 +143,59 @@ fn every_released_layout_matches_the_reference() {
     }
 }
 
+/// A prompt fed through the layers a few rows at a time (each chunk attending to the cached
+/// keys of the chunks before it) gives the reference's logits and the hidden rows of one pass.
+#[test]
+fn a_prompt_fed_in_chunks_matches_the_reference() {
+    for (name, _) in MODELS {
+        let f = fixture(name);
+        // The reference keeps its keys and values in f32.
+        let options = LoadOptions {
+            kv_cache: Some(KvCache::F32),
+            ..Default::default()
+        };
+        let model = load(&f.dir, &options);
+        let embeds = model
+            .splice(
+                &f.expected.prompt_ids,
+                &[f.tensors["projector_output"].clone()],
+            )
+            .unwrap();
+        let tokens = embeds.dims()[0];
+        let whole = model
+            .decoder()
+            .forward_in_chunks(&embeds, &mut model.new_session(), tokens)
+            .unwrap();
+        for chunk in [1, 3, tokens / 2, tokens - 1] {
+            let mut session = model.new_session();
+            let hidden = model
+                .decoder()
+                .forward_in_chunks(&embeds, &mut session, chunk)
+                .unwrap();
+            assert_eq!(session.len(), tokens, "{name}, chunks of {chunk}");
+            let rows_error = max_abs_diff(&hidden, &whole);
+            assert!(
+                rows_error <= TOLERANCE,
+                "{name}, chunks of {chunk}: hidden rows differ from one pass by {rows_error}"
+            );
+            let logits = model.decoder().last_logits(&hidden).unwrap();
+            let logits = Tensor::new(logits, &Device::Cpu).unwrap();
+            let logits_error = max_abs_diff(&logits, &f.tensors["first_logits"]);
+            assert!(
+                logits_error <= TOLERANCE,
+                "{name}, chunks of {chunk}: first-step logits differ by {logits_error}"
+            );
+        }
+        let mut session = model.new_session();
+        let err = model
+            .decoder()
+            .forward_in_chunks(&embeds, &mut session, 0)
+            .unwrap_err();
+        assert!(err.to_string().contains("in chunks of 0"), "{err}");
+        assert_eq!(session.len(), 0, "{name}: a refused prefill stores nothing");
+    }
+}
+
 /// Half-precision compute keeps the reference's first-step logits within a bound, relative to the
 /// largest logit, measured on these fixtures (f16 / bf16 rounding of every activation).
 fn half_precision_logits_error(name: &str, dtype: DType) -> f32 {

@@ -22,6 +22,13 @@ use crate::nn::{Embedding, Linear, Norm};
 use crate::session::Session;
 use crate::{Error, Result};
 
+/// Most rows of a prompt that go through the layers together. Each weight is read once per
+/// chunk (a few hundred rows keep the block kernels as busy as a whole prompt does), while the
+/// activations held at once stop growing with the prompt: Phi-2's 792-token image question,
+/// q4_k, peaked about 100 MiB lower in chunks than in one pass, with no prefill speed lost that
+/// three alternating runs could tell from the machine's noise (AVX2-only AMD EPYC, 2 threads).
+pub const PREFILL_CHUNK: usize = 256;
+
 struct DecoderLayer {
     norms: BlockNorms,
     qkv: Linear,
@@ -146,9 +153,28 @@ impl Decoder {
     }
 
     /// Runs `embeds[tokens, hidden]` at the session's next positions, storing their keys and
-    /// values, and returns the final-normed hidden states `[tokens, hidden]`.
+    /// values, and returns the final-normed hidden states `[tokens, hidden]`. A prompt longer
+    /// than [`PREFILL_CHUNK`] runs in chunks of that many rows.
     pub fn forward(&self, embeds: &Tensor, session: &mut Session) -> Result<Tensor> {
+        self.forward_in_chunks(embeds, session, PREFILL_CHUNK)
+    }
+
+    /// [`Self::forward`], feeding at most `chunk` rows through the layers at a time: each
+    /// chunk's keys and values are in the cache before the next chunk attends to them, so
+    /// the result is that of one pass, while the activations held at once are one chunk's.
+    /// On an error the session is left as it was.
+    pub fn forward_in_chunks(
+        &self,
+        embeds: &Tensor,
+        session: &mut Session,
+        chunk: usize,
+    ) -> Result<Tensor> {
         let (tokens, _) = embeds.dims2()?;
+        if chunk == 0 || tokens == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{tokens} rows to feed in chunks of {chunk}: both must be at least 1"
+            )));
+        }
         let start = session.len();
         let end = start + tokens;
         if end > self.rotary.max_positions() {
@@ -159,9 +185,23 @@ impl Decoder {
         }
         let _span = tracing::trace_span!("decoder", tokens).entered();
         session.reserve(end)?;
-        let hidden = on_worker(|| self.run_layers(embeds, start, Some(&mut *session)))?;
-        session.advance(tokens);
-        Ok(hidden)
+        // Equal chunks: 792 rows go as 4 x 198, not 3 x 256 + 24.
+        let count = tokens.div_ceil(chunk);
+        let chunk = tokens.div_ceil(count);
+        let hidden = on_worker(|| {
+            let mut chunks = Vec::with_capacity(count);
+            for first in (0..tokens).step_by(chunk) {
+                let rows = chunk.min(tokens - first);
+                let part = embeds.narrow(0, first, rows)?;
+                chunks.push(self.run_layers(&part, start + first, Some(&mut *session))?);
+                session.advance(rows);
+            }
+            Ok(Tensor::cat(&chunks, 0)?)
+        });
+        if hidden.is_err() {
+            session.truncate(start);
+        }
+        hidden
     }
 
     /// Runs a whole sequence `embeds[tokens, hidden]` from position 0 without a cache, and
