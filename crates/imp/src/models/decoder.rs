@@ -154,12 +154,12 @@ impl Decoder {
 
     /// Runs `embeds[tokens, hidden]` at the session's next positions, storing their keys and
     /// values, and returns the final-normed hidden states `[tokens, hidden]`. A prompt longer
-    /// than [`PREFILL_CHUNK`] runs in chunks of that many rows.
+    /// than [`PREFILL_CHUNK`] runs in equal chunks of at most that many rows.
     pub fn forward(&self, embeds: &Tensor, session: &mut Session) -> Result<Tensor> {
         self.forward_in_chunks(embeds, session, PREFILL_CHUNK)
     }
 
-    /// [`Self::forward`], feeding at most `chunk` rows through the layers at a time: each
+    /// [`Self::forward`], feeding equal chunks of at most `chunk` rows through the layers: each
     /// chunk's keys and values are in the cache before the next chunk attends to them, so
     /// the result is that of one pass, while the activations held at once are one chunk's.
     /// On an error the session is left as it was.
