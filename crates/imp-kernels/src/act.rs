@@ -14,6 +14,8 @@ pub(crate) struct Activations {
     /// `Σq` per block: the SIMD paths multiply unsigned weight nibbles and correct for their
     /// offset (Q4_0's 8, Q4_K's minimum) with it.
     sums: Vec<i32>,
+    /// `d · Σq` per block, the factor of Q4_K's minimum term, computed once for every tile.
+    scaled_sums: Vec<f32>,
     blocks: usize,
 }
 
@@ -41,10 +43,12 @@ impl Activations {
                     (*d, *sum) = quantize_block(x, qs.try_into().expect("a block"));
                 }
             });
+        let scaled_sums = d.iter().zip(&sums).map(|(&d, &s)| d * s as f32).collect();
         Self {
             qs,
             d,
             sums,
+            scaled_sums,
             blocks,
         }
     }
@@ -55,6 +59,7 @@ impl Activations {
             qs: &self.qs,
             d: &self.d,
             sums: &self.sums,
+            scaled_sums: &self.scaled_sums,
             blocks: self.blocks,
         }
         .slice(start, len)
@@ -90,6 +95,7 @@ pub struct Rows<'a> {
     qs: &'a [i8],
     d: &'a [f32],
     sums: &'a [i32],
+    scaled_sums: &'a [f32],
     blocks: usize,
 }
 
@@ -105,6 +111,7 @@ impl<'a> Rows<'a> {
             qs: &self.qs[start * w..(start + len) * w],
             d: &self.d[start * b..(start + len) * b],
             sums: &self.sums[start * b..(start + len) * b],
+            scaled_sums: &self.scaled_sums[start * b..(start + len) * b],
             blocks: b,
         }
     }
@@ -127,6 +134,11 @@ impl<'a> Rows<'a> {
     /// Row `r`'s sums of int8 values per block.
     pub(crate) fn sums(&self, r: usize) -> &'a [i32] {
         &self.sums[r * self.blocks..(r + 1) * self.blocks]
+    }
+
+    /// Row `r`'s `d · Σq` per block.
+    pub(crate) fn scaled_sums(&self, r: usize) -> &'a [f32] {
+        &self.scaled_sums[r * self.blocks..(r + 1) * self.blocks]
     }
 }
 

@@ -212,10 +212,12 @@ fn kernels_agree_with_candle_qmatmul() {
         let x = Tensor::from_vec(case.x.clone(), (case.m, case.width), &Device::Cpu).unwrap();
         let candle = case.candle.forward(&x).unwrap();
         let candle = candle.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        // For Q4_0 and Q8_0 candle quantizes the activations as we do, only with f16 scales
-        // (relative error 2^-11); for Q4_K it takes one scale per 256 values.
+        // For Q4_0 candle quantizes the activations as we do, only with f16 scales (relative
+        // error 2^-11); for Q4_K it takes one scale per 256 values, and so it does for Q8_0
+        // where it repacks the weights (x86 with AVX-512 VNNI or AVX-VNNI, rows a multiple
+        // of 16).
         let tolerance = |i: usize| match case.format {
-            GgmlDType::Q4_0 | GgmlDType::Q8_0 => 1e-3 * case.magnitude[i],
+            GgmlDType::Q4_0 => 1e-3 * case.magnitude[i],
             _ => case.act_error[i] + 1e-3 * case.magnitude[i],
         };
         let best = Isa::best_of(&packed::PATHS);

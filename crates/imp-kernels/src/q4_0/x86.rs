@@ -54,14 +54,15 @@ pub(super) fn avx2(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
 unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm512_set1_epi8(0x0F);
     let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
-    let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
-    let sums: [&[i32]; R] = array::from_fn(|r| rows.sums(r));
+    // Pointers, not slices: the bounds checks of slices cost the kernel speed.
+    let d: [*const f32; R] = array::from_fn(|r| rows.d(r).as_ptr());
+    let sums: [*const i32; R] = array::from_fn(|r| rows.sums(r).as_ptr());
     let (scales, quants) = (tile.scales.as_ptr(), tile.quants.as_ptr());
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..rows.blocks() {
         // A single row gets two dependency chains (low and high nibbles) to keep the pipes
         // busy; several rows are independent chains already.
-        let mut lo: [__m512i; R] = array::from_fn(|r| _mm512_set1_epi32(-8 * sums[r][b]));
+        let mut lo: [__m512i; R] = array::from_fn(|r| _mm512_set1_epi32(-8 * *sums[r].add(b)));
         let mut hi = [_mm512_setzero_si512(); R];
         let q = quants.add(b * BLOCK_BYTES);
         for j in 0..4 {
@@ -86,7 +87,7 @@ unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; 
         let dw = _mm512_cvtph_ps(_mm256_loadu_si256(scales.add(b * LANES).cast()));
         for r in 0..R {
             let dot = _mm512_cvtepi32_ps(_mm512_add_epi32(lo[r], hi[r]));
-            let s = _mm512_mul_ps(dw, _mm512_set1_ps(d[r][b]));
+            let s = _mm512_mul_ps(dw, _mm512_set1_ps(*d[r].add(b)));
             acc[r] = _mm512_fmadd_ps(s, dot, acc[r]);
         }
     }
@@ -102,8 +103,9 @@ unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; 
 unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm256_set1_epi8(0x0F);
     let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
-    let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
-    let sums: [&[i32]; R] = array::from_fn(|r| rows.sums(r));
+    // Pointers, not slices: the bounds checks of slices cost the kernel speed.
+    let d: [*const f32; R] = array::from_fn(|r| rows.d(r).as_ptr());
+    let sums: [*const i32; R] = array::from_fn(|r| rows.sums(r).as_ptr());
     let (scales, quants) = (tile.scales.as_ptr(), tile.quants.as_ptr());
     for half in 0..2 {
         let mut acc = [_mm256_setzero_ps(); R];
@@ -125,7 +127,7 @@ unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[
             }
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(scales.add(b * LANES + half * 8).cast()));
             for r in 0..R {
-                acc[r] = add_block(acc[r], sum[r], dw, d[r][b], sums[r][b]);
+                acc[r] = add_block(acc[r], sum[r], dw, *d[r].add(b), *sums[r].add(b));
             }
         }
         for r in 0..R {
@@ -145,8 +147,9 @@ unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[
 unsafe fn avx2_one_pass<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm256_set1_epi8(0x0F);
     let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
-    let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
-    let sums: [&[i32]; R] = array::from_fn(|r| rows.sums(r));
+    // Pointers, not slices: the bounds checks of slices cost the kernel speed.
+    let d: [*const f32; R] = array::from_fn(|r| rows.d(r).as_ptr());
+    let sums: [*const i32; R] = array::from_fn(|r| rows.sums(r).as_ptr());
     let (scales, quants) = (tile.scales.as_ptr(), tile.quants.as_ptr());
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     for b in 0..rows.blocks() {
@@ -173,7 +176,13 @@ unsafe fn avx2_one_pass<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mu
         for half in 0..2 {
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(scales.add(b * LANES + half * 8).cast()));
             for r in 0..R {
-                acc[r][half] = add_block(acc[r][half], sum[r][half], dw, d[r][b], sums[r][b]);
+                acc[r][half] = add_block(
+                    acc[r][half],
+                    sum[r][half],
+                    dw,
+                    *d[r].add(b),
+                    *sums[r].add(b),
+                );
             }
         }
     }

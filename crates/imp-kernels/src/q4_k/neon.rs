@@ -43,7 +43,7 @@ unsafe fn dot<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; L
     let mask = vdupq_n_u8(0x0F);
     let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
     let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
-    let sums: [&[i32]; R] = array::from_fn(|r| rows.sums(r));
+    let sums: [&[f32]; R] = array::from_fn(|r| rows.scaled_sums(r));
     for quarter in 0..4 {
         let mut acc = [vdupq_n_f32(0.0); R];
         for sb in 0..rows.blocks() / SUBS {
@@ -87,8 +87,7 @@ unsafe fn dot<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; L
                         let dmm = vmulq_f32(dmin, u8x4_to_f32(sm.add((SUBS + s) * LANES)));
                         let dx = d[r][b + h];
                         acc[r] = vfmaq_f32(acc[r], vmulq_n_f32(dsc, dx), vcvtq_f32_s32(dot));
-                        let xsum = dx * sums[r][b + h] as f32;
-                        acc[r] = vfmsq_f32(acc[r], dmm, vdupq_n_f32(xsum));
+                        acc[r] = vfmsq_f32(acc[r], dmm, vdupq_n_f32(sums[r][b + h]));
                     }
                 }
             }

@@ -54,8 +54,9 @@ pub(super) fn avx2(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
 unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm512_set1_epi8(0x0F);
     let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
-    let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
-    let sums: [&[i32]; R] = array::from_fn(|r| rows.sums(r));
+    // Pointers, not slices: the bounds checks of slices cost the kernel speed.
+    let d: [*const f32; R] = array::from_fn(|r| rows.d(r).as_ptr());
+    let sums: [*const f32; R] = array::from_fn(|r| rows.scaled_sums(r).as_ptr());
     let mut acc = [_mm512_setzero_ps(); R];
     for sb in 0..rows.blocks() / SUBS {
         let dd = tile.dd.as_ptr().add(sb * 2 * LANES);
@@ -92,10 +93,9 @@ unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; 
                 let dsc = _mm512_mul_ps(d_w, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc)));
                 let dmm = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(m)));
                 for r in 0..R {
-                    let dx = d[r][b + h];
-                    let s = _mm512_mul_ps(dsc, _mm512_set1_ps(dx));
+                    let s = _mm512_mul_ps(dsc, _mm512_set1_ps(*d[r].add(b + h)));
                     acc[r] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(dots[r]), acc[r]);
-                    let xsum = _mm512_set1_ps(dx * sums[r][b + h] as f32);
+                    let xsum = _mm512_set1_ps(*sums[r].add(b + h));
                     acc[r] = _mm512_fnmadd_ps(dmm, xsum, acc[r]);
                 }
             }
@@ -113,8 +113,8 @@ unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; 
 unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm256_set1_epi8(0x0F);
     let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
-    let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
-    let sums: [&[i32]; R] = array::from_fn(|r| rows.sums(r));
+    let d: [*const f32; R] = array::from_fn(|r| rows.d(r).as_ptr());
+    let sums: [*const f32; R] = array::from_fn(|r| rows.scaled_sums(r).as_ptr());
     for half in 0..2 {
         let mut acc = [_mm256_setzero_ps(); R];
         for sb in 0..rows.blocks() / SUBS {
@@ -142,7 +142,7 @@ unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[
                 for (h, dots) in [lo, hi].iter().enumerate() {
                     let scales = sub_scales(d_w, dmin, sm.add((2 * p + h) * LANES));
                     for r in 0..R {
-                        let (d_x, x_sum) = (d[r][b + h], sums[r][b + h]);
+                        let (d_x, x_sum) = (*d[r].add(b + h), *sums[r].add(b + h));
                         acc[r] = add_sub_block(acc[r], dots[r], scales, d_x, x_sum);
                     }
                 }
@@ -166,8 +166,8 @@ unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[
 unsafe fn avx2_one_pass<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm256_set1_epi8(0x0F);
     let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
-    let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
-    let sums: [&[i32]; R] = array::from_fn(|r| rows.sums(r));
+    let d: [*const f32; R] = array::from_fn(|r| rows.d(r).as_ptr());
+    let sums: [*const f32; R] = array::from_fn(|r| rows.scaled_sums(r).as_ptr());
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     for sb in 0..rows.blocks() / SUBS {
         let dd = tile.dd.as_ptr().add(sb * 2 * LANES);
@@ -198,7 +198,7 @@ unsafe fn avx2_one_pass<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mu
                 for (h, dots) in [&lo, &hi].into_iter().enumerate() {
                     let scales = sub_scales(d_w, dmin, sm.add((2 * p + h) * LANES + half * 8));
                     for r in 0..R {
-                        let (d_x, x_sum) = (d[r][b + h], sums[r][b + h]);
+                        let (d_x, x_sum) = (*d[r].add(b + h), *sums[r].add(b + h));
                         let a = &mut acc[r][half];
                         *a = add_sub_block(*a, dots[r][half], scales, d_x, x_sum);
                     }
@@ -225,8 +225,9 @@ unsafe fn sub_scales(d_w: __m256, dmin: __m256, sc: *const u8) -> (__m256, __m25
     (_mm256_mul_ps(d_w, sc_m[0]), _mm256_mul_ps(dmin, sc_m[1]))
 }
 
-/// `acc + d_x · (d · sc · Σ q·x - dmin · m · Σx)` for 8 lanes of one sub-block, `dots` holding
-/// each lane's `vpmaddubsw` pair sums of `q·x`: the epilogue of both AVX2 kernels.
+/// `acc + d · sc · d_x · Σ q·x - dmin · m · d_x · Σx` for 8 lanes of one sub-block, `dots`
+/// holding each lane's `vpmaddubsw` pair sums of `q·x` and `x_sum` being `d_x · Σx`: the
+/// epilogue of both AVX2 kernels.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn add_sub_block(
@@ -234,9 +235,9 @@ fn add_sub_block(
     dots: __m256i,
     (dsc, dmm): (__m256, __m256),
     d_x: f32,
-    x_sum: i32,
+    x_sum: f32,
 ) -> __m256 {
     let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(dots, _mm256_set1_epi16(1)));
     let acc = _mm256_fmadd_ps(_mm256_mul_ps(dsc, _mm256_set1_ps(d_x)), dot, acc);
-    _mm256_fnmadd_ps(dmm, _mm256_set1_ps(d_x * x_sum as f32), acc)
+    _mm256_fnmadd_ps(dmm, _mm256_set1_ps(x_sum), acc)
 }

@@ -58,14 +58,15 @@ pub(super) fn avx2(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
 unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let sign_bit = _mm512_set1_epi8(i8::MIN);
     let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
-    let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
-    let sums: [&[i32]; R] = array::from_fn(|r| rows.sums(r));
+    // Pointers, not slices: the bounds checks of slices cost the kernel speed.
+    let d: [*const f32; R] = array::from_fn(|r| rows.d(r).as_ptr());
+    let sums: [*const i32; R] = array::from_fn(|r| rows.sums(r).as_ptr());
     let (scales, quants) = (tile.scales.as_ptr(), tile.quants.as_ptr());
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..rows.blocks() {
         // A single row gets two dependency chains (even and odd groups); several rows are
         // independent chains already.
-        let mut even: [__m512i; R] = array::from_fn(|r| _mm512_set1_epi32(-128 * sums[r][b]));
+        let mut even: [__m512i; R] = array::from_fn(|r| _mm512_set1_epi32(-128 * *sums[r].add(b)));
         let mut odd = [_mm512_setzero_si512(); R];
         let q = quants.add(b * BLOCK_BYTES);
         for j in 0..GROUPS {
@@ -86,7 +87,7 @@ unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; 
         let dw = _mm512_cvtph_ps(_mm256_loadu_si256(scales.add(b * LANES).cast()));
         for r in 0..R {
             let dot = _mm512_cvtepi32_ps(_mm512_add_epi32(even[r], odd[r]));
-            let s = _mm512_mul_ps(dw, _mm512_set1_ps(d[r][b]));
+            let s = _mm512_mul_ps(dw, _mm512_set1_ps(*d[r].add(b)));
             acc[r] = _mm512_fmadd_ps(s, dot, acc[r]);
         }
     }
@@ -104,7 +105,8 @@ unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
-    let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
+    // Pointers, not slices: the bounds checks of slices cost the kernel speed.
+    let d: [*const f32; R] = array::from_fn(|r| rows.d(r).as_ptr());
     let (scales, quants) = (tile.scales.as_ptr(), tile.quants.as_ptr());
     for half in 0..2 {
         let mut acc = [_mm256_setzero_ps(); R];
@@ -121,7 +123,7 @@ unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[
             }
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(scales.add(b * LANES + half * 8).cast()));
             for r in 0..R {
-                acc[r] = add_block(acc[r], sum[r], dw, d[r][b]);
+                acc[r] = add_block(acc[r], sum[r], dw, *d[r].add(b));
             }
         }
         for r in 0..R {
@@ -138,7 +140,7 @@ unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_one_pass(tile: Tile<'_>, rows: Rows<'_>, out: &mut [f32; LANES]) {
-    let (x, d) = (rows.qs(0).as_ptr(), rows.d(0));
+    let (x, d) = (rows.qs(0).as_ptr(), rows.d(0).as_ptr());
     let (scales, quants) = (tile.scales.as_ptr(), tile.quants.as_ptr());
     let mut acc = [_mm256_setzero_ps(); 2];
     for b in 0..rows.blocks() {
@@ -155,7 +157,7 @@ unsafe fn avx2_one_pass(tile: Tile<'_>, rows: Rows<'_>, out: &mut [f32; LANES]) 
         }
         for (half, acc) in acc.iter_mut().enumerate() {
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(scales.add(b * LANES + half * 8).cast()));
-            *acc = add_block(*acc, sum[half], dw, d[b]);
+            *acc = add_block(*acc, sum[half], dw, *d.add(b));
         }
     }
     for (half, acc) in acc.into_iter().enumerate() {
