@@ -10,7 +10,7 @@ use std::array;
 use super::{Tile, BLOCK_BYTES, Q4_0};
 use crate::act::{Rows, BLOCK};
 use crate::cpu::Isa;
-use crate::packed::x86::{quad, PREFETCH_BYTES};
+use crate::packed::x86::{quad, row_pointers, PREFETCH_BYTES};
 use crate::packed::{check_call, in_groups, LANES};
 
 pub(super) fn avx512_vnni(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
@@ -53,10 +53,9 @@ pub(super) fn avx2(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm512_set1_epi8(0x0F);
-    let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
-    // Pointers, not slices: the bounds checks of slices cost the kernel speed.
-    let d: [*const f32; R] = array::from_fn(|r| rows.d(r).as_ptr());
-    let sums: [*const i32; R] = array::from_fn(|r| rows.sums(r).as_ptr());
+    let x: [*const i8; R] = row_pointers(|r| rows.qs(r));
+    let d: [*const f32; R] = row_pointers(|r| rows.d(r));
+    let sums: [*const i32; R] = row_pointers(|r| rows.sums(r));
     let (scales, quants) = (tile.scales.as_ptr(), tile.quants.as_ptr());
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..rows.blocks() {
@@ -102,10 +101,9 @@ unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm256_set1_epi8(0x0F);
-    let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
-    // Pointers, not slices: the bounds checks of slices cost the kernel speed.
-    let d: [*const f32; R] = array::from_fn(|r| rows.d(r).as_ptr());
-    let sums: [*const i32; R] = array::from_fn(|r| rows.sums(r).as_ptr());
+    let x: [*const i8; R] = row_pointers(|r| rows.qs(r));
+    let d: [*const f32; R] = row_pointers(|r| rows.d(r));
+    let sums: [*const i32; R] = row_pointers(|r| rows.sums(r));
     let (scales, quants) = (tile.scales.as_ptr(), tile.quants.as_ptr());
     for half in 0..2 {
         let mut acc = [_mm256_setzero_ps(); R];
@@ -146,10 +144,9 @@ unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_one_pass<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm256_set1_epi8(0x0F);
-    let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
-    // Pointers, not slices: the bounds checks of slices cost the kernel speed.
-    let d: [*const f32; R] = array::from_fn(|r| rows.d(r).as_ptr());
-    let sums: [*const i32; R] = array::from_fn(|r| rows.sums(r).as_ptr());
+    let x: [*const i8; R] = row_pointers(|r| rows.qs(r));
+    let d: [*const f32; R] = row_pointers(|r| rows.d(r));
+    let sums: [*const i32; R] = row_pointers(|r| rows.sums(r));
     let (scales, quants) = (tile.scales.as_ptr(), tile.quants.as_ptr());
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     for b in 0..rows.blocks() {

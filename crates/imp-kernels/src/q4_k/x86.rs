@@ -4,12 +4,11 @@
 //! `dmin · m · d_x · Σx` is subtracted in f32.
 
 use std::arch::x86_64::*;
-use std::array;
 
 use super::{Tile, Q4K, QUANT_BYTES, SM_BYTES, SUBS};
 use crate::act::{Rows, BLOCK};
 use crate::cpu::Isa;
-use crate::packed::x86::{quad, PREFETCH_BYTES};
+use crate::packed::x86::{quad, row_pointers, PREFETCH_BYTES};
 use crate::packed::{check_call, in_groups, LANES};
 
 pub(super) fn avx512_vnni(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
@@ -53,10 +52,9 @@ pub(super) fn avx2(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm512_set1_epi8(0x0F);
-    let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
-    // Pointers, not slices: the bounds checks of slices cost the kernel speed.
-    let d: [*const f32; R] = array::from_fn(|r| rows.d(r).as_ptr());
-    let sums: [*const f32; R] = array::from_fn(|r| rows.scaled_sums(r).as_ptr());
+    let x: [*const i8; R] = row_pointers(|r| rows.qs(r));
+    let d: [*const f32; R] = row_pointers(|r| rows.d(r));
+    let sums: [*const f32; R] = row_pointers(|r| rows.scaled_sums(r));
     let mut acc = [_mm512_setzero_ps(); R];
     for sb in 0..rows.blocks() / SUBS {
         let dd = tile.dd.as_ptr().add(sb * 2 * LANES);
@@ -112,9 +110,9 @@ unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm256_set1_epi8(0x0F);
-    let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
-    let d: [*const f32; R] = array::from_fn(|r| rows.d(r).as_ptr());
-    let sums: [*const f32; R] = array::from_fn(|r| rows.scaled_sums(r).as_ptr());
+    let x: [*const i8; R] = row_pointers(|r| rows.qs(r));
+    let d: [*const f32; R] = row_pointers(|r| rows.d(r));
+    let sums: [*const f32; R] = row_pointers(|r| rows.scaled_sums(r));
     for half in 0..2 {
         let mut acc = [_mm256_setzero_ps(); R];
         for sb in 0..rows.blocks() / SUBS {
@@ -165,9 +163,9 @@ unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_one_pass<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = _mm256_set1_epi8(0x0F);
-    let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
-    let d: [*const f32; R] = array::from_fn(|r| rows.d(r).as_ptr());
-    let sums: [*const f32; R] = array::from_fn(|r| rows.scaled_sums(r).as_ptr());
+    let x: [*const i8; R] = row_pointers(|r| rows.qs(r));
+    let d: [*const f32; R] = row_pointers(|r| rows.d(r));
+    let sums: [*const f32; R] = row_pointers(|r| rows.scaled_sums(r));
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     for sb in 0..rows.blocks() / SUBS {
         let dd = tile.dd.as_ptr().add(sb * 2 * LANES);
