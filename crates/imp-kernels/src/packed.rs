@@ -247,12 +247,13 @@ fn matmul<T: Copy>(
     // One contiguous range of tiles per thread: each streams its weights front to back.
     (0..tasks).into_par_iter().for_each(|task| {
         let tile_range = task * tiles / tasks..(task + 1) * tiles / tasks;
+        // Kernels overwrite their outputs, so one buffer serves every call without zeroing.
+        let mut acc = [[0f32; LANES]; MAX_ROWS];
         for first in (0..m).step_by(chunk) {
             let rows_end = m.min(first + chunk);
             for t in tile_range.clone() {
                 for row in (first..rows_end).step_by(MAX_ROWS) {
                     let rows = act.slice(row, MAX_ROWS.min(rows_end - row));
-                    let mut acc = [[0f32; LANES]; MAX_ROWS];
                     let acc = &mut acc[..rows.len()];
                     kernel(tile(t), rows, acc);
                     output.write(row, t * LANES, acc);

@@ -1,6 +1,6 @@
-//! The small SIMD vocabulary the fused kernels (`flash`, `norm`,
-//! `gelu`) are written in: each kernel is written once against [`Simd`] and compiled
-//! for every path in [`PATHS`], and [`run`] enters the one asked for.
+//! The small SIMD vocabulary the fused kernels (`flash`, `norm`, `gelu`, `act`) are written
+//! in: each kernel is written once against [`Simd`] and compiled for every path in [`PATHS`],
+//! and [`run`] enters the one asked for.
 //!
 //! Closures must not carry vector code: a closure is a function of its own, compiled without
 //! the instruction set's features, so its intrinsics would not inline. Hence plain loops.
@@ -80,6 +80,16 @@ pub trait Simd: Copy + Send + Sync + 'static {
             *wide = f32::from(x as i8);
         }
         self.load(&buf)
+    }
+    /// Writes integral `v` (as [`Simd::round`] gives) to the first `LANES` bytes of `dst`,
+    /// saturating outside `-128..=127`. This default goes through a lane buffer.
+    #[inline(always)]
+    fn store_i8(self, dst: &mut [i8], v: Self::V) {
+        let mut buf = [0f32; MAX_LANES];
+        self.store(&mut buf, v);
+        for (narrow, &x) in dst[..Self::LANES].iter_mut().zip(&buf) {
+            *narrow = x as i8;
+        }
     }
 }
 

@@ -41,15 +41,15 @@ fn random(rng: &mut StdRng, rows: usize, cols: usize, padding: usize) -> Vec<f32
     values
 }
 
-/// `x` as the kernels see it: per 32 values `d = max|x| / 127` and `round(x / d) · d`, in the
-/// same f32 operations.
+/// `x` as the kernels see it: per 32 values `d = max|x| / 127` and `round(x / d) · d` (ties to
+/// even), in the same f32 operations.
 fn quantized_activations(x: &[f32]) -> Vec<f32> {
     x.chunks(32)
         .flat_map(|block| {
             let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            block.iter().map(move |v| (v * id).round() * d)
+            block.iter().map(move |v| (v * id).round_ties_even() * d)
         })
         .collect()
 }

@@ -123,4 +123,15 @@ impl Simd for Neon {
         // Safety: see the module doc.
         unsafe { vbslq_f32(vcltzq_f32(cond), if_neg, otherwise) }
     }
+    #[inline(always)]
+    fn store_i8(self, dst: &mut [i8], v: float32x4_t) {
+        assert!(dst.len() >= 4);
+        // Safety: 4 writable bytes (asserted), written unaligned; see the module doc.
+        unsafe {
+            let words = vqmovn_s32(vcvtnq_s32_f32(v));
+            let bytes = vqmovn_s16(vcombine_s16(words, words));
+            let word = vget_lane_s32::<0>(vreinterpret_s32_s8(bytes));
+            dst.as_mut_ptr().cast::<i32>().write_unaligned(word);
+        }
+    }
 }

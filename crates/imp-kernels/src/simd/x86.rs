@@ -178,6 +178,20 @@ impl Simd for Avx2 {
         // Safety: 8 readable bytes (asserted); see the module doc.
         unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(src.as_ptr().cast()))) }
     }
+    #[inline(always)]
+    fn store_i8(self, dst: &mut [i8], v: __m256) {
+        assert!(dst.len() >= 8);
+        // Safety: 8 writable bytes (asserted); see the module doc.
+        unsafe {
+            let wide = _mm256_cvtps_epi32(v);
+            let halves = (
+                _mm256_castsi256_si128(wide),
+                _mm256_extracti128_si256::<1>(wide),
+            );
+            let words = _mm_packs_epi32(halves.0, halves.1);
+            _mm_storel_epi64(dst.as_mut_ptr().cast(), _mm_packs_epi16(words, words));
+        }
+    }
 }
 
 impl Simd for Avx512 {
@@ -298,5 +312,14 @@ impl Simd for Avx512 {
         assert!(src.len() >= 16);
         // Safety: 16 readable bytes (asserted); see the module doc.
         unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(src.as_ptr().cast()))) }
+    }
+    #[inline(always)]
+    fn store_i8(self, dst: &mut [i8], v: __m512) {
+        assert!(dst.len() >= 16);
+        // Safety: 16 writable bytes (asserted); see the module doc.
+        unsafe {
+            let bytes = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v));
+            _mm_storeu_si128(dst.as_mut_ptr().cast(), bytes);
+        }
     }
 }
