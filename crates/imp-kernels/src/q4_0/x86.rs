@@ -10,24 +10,13 @@ use std::array;
 use super::{Tile, BLOCK_BYTES, Q4_0};
 use crate::act::{Rows, BLOCK};
 use crate::cpu::Isa;
-use crate::packed::x86::{quad, row_pointers, PREFETCH_BYTES};
+use crate::packed::x86::{quad, row_pointers, with_row_count, PREFETCH_BYTES};
 use crate::packed::{check_call, in_groups, LANES};
 
 pub(super) fn avx512_vnni(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     check_call::<Q4_0>(Isa::Avx512Vnni, &tile, &rows, out);
     // Safety: `check_call` made sure of the CPU features and the lengths.
-    unsafe {
-        match out.len() {
-            1 => vnni::<1>(tile, rows, out),
-            2 => vnni::<2>(tile, rows, out),
-            3 => vnni::<3>(tile, rows, out),
-            4 => vnni::<4>(tile, rows, out),
-            5 => vnni::<5>(tile, rows, out),
-            6 => vnni::<6>(tile, rows, out),
-            7 => vnni::<7>(tile, rows, out),
-            _ => vnni::<8>(tile, rows, out),
-        }
-    }
+    unsafe { with_row_count!(out.len(), vnni(tile, rows, out)) }
 }
 
 pub(super) fn avx2(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {

@@ -8,7 +8,7 @@ use std::arch::x86_64::*;
 use super::{Tile, Q4K, QUANT_BYTES, SM_BYTES, SUBS};
 use crate::act::{Rows, BLOCK};
 use crate::cpu::Isa;
-use crate::packed::x86::{quad, row_pointers, PREFETCH_BYTES};
+use crate::packed::x86::{quad, row_pointers, with_row_count, PREFETCH_BYTES};
 use crate::packed::{check_call, in_groups, LANES};
 
 pub(super) fn avx512_vnni(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
@@ -17,18 +17,7 @@ pub(super) fn avx512_vnni(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES
     // and unpack serves twice as many rows as in groups of 4 (128 rows, one thread, AVX-512
     // VNNI EPYC: 124 -> 135 G multiply-adds/s).
     // Safety: `check_call` made sure of the CPU features and the lengths.
-    unsafe {
-        match out.len() {
-            1 => vnni::<1>(tile, rows, out),
-            2 => vnni::<2>(tile, rows, out),
-            3 => vnni::<3>(tile, rows, out),
-            4 => vnni::<4>(tile, rows, out),
-            5 => vnni::<5>(tile, rows, out),
-            6 => vnni::<6>(tile, rows, out),
-            7 => vnni::<7>(tile, rows, out),
-            _ => vnni::<8>(tile, rows, out),
-        }
-    }
+    unsafe { with_row_count!(out.len(), vnni(tile, rows, out)) }
 }
 
 pub(super) fn avx2(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
