@@ -1,6 +1,7 @@
 //! Activations quantized for the integer dot products: every 32-value block of a row becomes
-//! 32 int8 values and one f32 scale, as GGML's q8_0 does it (`d = max|x| / 127`, `q =
-//! round(x / d)`, ties to even as GGML's SIMD paths round), but with the scale kept in f32.
+//! 32 int8 values with their sum, and every group of `group` blocks shares one f32 scale, as
+//! GGML's q8_0 (one block per scale) and q8_K (eight, for the k-quants) do it: `d = max|x| /
+//! 127`, `q = round(x / d)`, ties to even as GGML's SIMD paths round.
 
 use rayon::prelude::*;
 
@@ -13,43 +14,54 @@ pub const BLOCK: usize = 32;
 /// `m` rows of `blocks * 32` values.
 pub(crate) struct Activations {
     qs: Vec<i8>,
+    /// One scale per group of blocks.
     d: Vec<f32>,
-    /// `Σq` per block: the SIMD paths multiply unsigned weight nibbles and correct for their
-    /// offset (Q4_0's 8, Q4_K's minimum) with it.
-    sums: Vec<i32>,
-    /// `d · Σq` per block, the factor of Q4_K's minimum term, computed once for every tile.
-    scaled_sums: Vec<f32>,
+    /// `Σq` per block: the SIMD paths multiply unsigned weight values and correct for their
+    /// offset (Q4_0's 8, Q8_0's 128, Q4_K's minimum) with it. At most `32 · 127` in magnitude,
+    /// so it fits the i16 pairs Q4_K's AVX-512 kernel multiplies with its minimums.
+    sums: Vec<i16>,
     blocks: usize,
+    group: usize,
 }
 
 impl Activations {
-    /// `x[m, blocks * 32]`, row-major.
-    pub(crate) fn quantize(x: &[f32], blocks: usize) -> Self {
-        Self::quantize_with(simd::best(), x, blocks)
+    /// `x[m, blocks * 32]`, row-major, one scale per `group` blocks (`blocks` a multiple of it).
+    pub(crate) fn quantize(x: &[f32], blocks: usize, group: usize) -> Self {
+        Self::quantize_with(simd::best(), x, blocks, group)
     }
 
     /// [`Activations::quantize`] on the fused-kernel path `isa`: every path gives the same
     /// bytes and scales.
-    fn quantize_with(isa: Isa, x: &[f32], blocks: usize) -> Self {
+    fn quantize_with(isa: Isa, x: &[f32], blocks: usize, group: usize) -> Self {
+        assert!(group > 0 && blocks.is_multiple_of(group));
         let width = blocks * BLOCK;
         let rows = x.len() / width;
+        let groups = blocks / group;
         let mut qs = vec![0i8; rows * width];
-        let mut d = vec![0f32; rows * blocks];
-        let mut sums = vec![0i32; rows * blocks];
+        let mut d = vec![0f32; rows * groups];
+        let mut sums = vec![0i16; rows * blocks];
         // Row chunks large enough that a rayon task is worth more than its scheduling.
         let chunk = 8192usize.div_ceil(width);
         qs.par_chunks_mut(chunk * width)
-            .zip(d.par_chunks_mut(chunk * blocks))
+            .zip(d.par_chunks_mut(chunk * groups))
             .zip(sums.par_chunks_mut(chunk * blocks))
             .zip(x.par_chunks(chunk * width))
-            .for_each(|(((qs, d), sums), x)| simd::run(isa, QuantizeBlocks { x, qs, d, sums }));
-        let scaled_sums = d.iter().zip(&sums).map(|(&d, &s)| d * s as f32).collect();
+            .for_each(|(((qs, d), sums), x)| {
+                let kernel = QuantizeGroups {
+                    x,
+                    qs,
+                    d,
+                    sums,
+                    group,
+                };
+                simd::run(isa, kernel)
+            });
         Self {
             qs,
             d,
             sums,
-            scaled_sums,
             blocks,
+            group,
         }
     }
 
@@ -59,46 +71,53 @@ impl Activations {
             qs: &self.qs,
             d: &self.d,
             sums: &self.sums,
-            scaled_sums: &self.scaled_sums,
             blocks: self.blocks,
+            group: self.group,
         }
         .slice(start, len)
     }
 }
 
-/// Blocks of 32 values quantized into `qs`, their scales `d` and sums `Σq`, in vectors of the
-/// path's width: one value at a time, this was 4 % of a q4_k prefill (perf, AVX-512 EPYC).
-struct QuantizeBlocks<'a> {
+/// Groups of `group` blocks of 32 values quantized into `qs`, their scales `d` and the blocks'
+/// sums `Σq`, in vectors of the path's width: one value at a time, this was 4 % of a q4_k
+/// prefill (perf, AVX-512 EPYC).
+struct QuantizeGroups<'a> {
     x: &'a [f32],
     qs: &'a mut [i8],
     d: &'a mut [f32],
-    sums: &'a mut [i32],
+    sums: &'a mut [i16],
+    group: usize,
 }
 
-impl Kernel for QuantizeBlocks<'_> {
+impl Kernel for QuantizeGroups<'_> {
     type Output = ();
 
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
-        let blocks = self
+        let width = self.group * BLOCK;
+        let groups = self
             .x
-            .chunks_exact(BLOCK)
-            .zip(self.qs.chunks_exact_mut(BLOCK));
-        for ((x, qs), (d, sum)) in blocks.zip(self.d.iter_mut().zip(self.sums.iter_mut())) {
+            .chunks_exact(width)
+            .zip(self.qs.chunks_exact_mut(width));
+        let sums = self.sums.chunks_exact_mut(self.group);
+        for ((x, qs), (d, sums)) in groups.zip(self.d.iter_mut().zip(sums)) {
             let mut amax = s.splat(0.0);
-            for i in (0..BLOCK).step_by(S::LANES) {
+            for i in (0..width).step_by(S::LANES) {
                 amax = s.max(amax, s.abs(s.load(&x[i..])));
             }
             *d = s.reduce_max(amax) / 127.0;
             let id = s.splat(if *d > 0.0 { 1.0 / *d } else { 0.0 });
-            // Integers below 2^24 in magnitude: the f32 sum is exact in any order.
-            let mut total = s.splat(0.0);
-            for i in (0..BLOCK).step_by(S::LANES) {
-                let q = s.round(s.mul(s.load(&x[i..]), id));
-                total = s.add(total, q);
-                s.store_i8(&mut qs[i..], q);
+            let blocks = x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK));
+            for ((x, qs), sum) in blocks.zip(sums) {
+                // Integers below 2^24 in magnitude: the f32 sum is exact in any order.
+                let mut total = s.splat(0.0);
+                for i in (0..BLOCK).step_by(S::LANES) {
+                    let q = s.round(s.mul(s.load(&x[i..]), id));
+                    total = s.add(total, q);
+                    s.store_i8(&mut qs[i..], q);
+                }
+                *sum = s.reduce_sum(total) as i16;
             }
-            *sum = s.reduce_sum(total) as i32;
         }
     }
 }
@@ -108,30 +127,35 @@ impl Kernel for QuantizeBlocks<'_> {
 pub struct Rows<'a> {
     qs: &'a [i8],
     d: &'a [f32],
-    sums: &'a [i32],
-    scaled_sums: &'a [f32],
+    sums: &'a [i16],
     blocks: usize,
+    group: usize,
 }
 
 impl<'a> Rows<'a> {
     pub(crate) fn len(&self) -> usize {
-        self.d.len() / self.blocks
+        self.sums.len() / self.blocks
     }
 
     /// Rows `start..start + len` of these.
     pub(crate) fn slice(&self, start: usize, len: usize) -> Rows<'a> {
-        let (b, w) = (self.blocks, self.blocks * BLOCK);
+        let (b, g, w) = (self.blocks, self.blocks / self.group, self.blocks * BLOCK);
         Rows {
             qs: &self.qs[start * w..(start + len) * w],
-            d: &self.d[start * b..(start + len) * b],
+            d: &self.d[start * g..(start + len) * g],
             sums: &self.sums[start * b..(start + len) * b],
-            scaled_sums: &self.scaled_sums[start * b..(start + len) * b],
             blocks: b,
+            group: self.group,
         }
     }
 
     pub(crate) fn blocks(&self) -> usize {
         self.blocks
+    }
+
+    /// Blocks per scale.
+    pub(crate) fn group(&self) -> usize {
+        self.group
     }
 
     /// Row `r`'s int8 values, `blocks * 32` of them.
@@ -140,19 +164,15 @@ impl<'a> Rows<'a> {
         &self.qs[r * w..(r + 1) * w]
     }
 
-    /// Row `r`'s block scales.
+    /// Row `r`'s scales, one per group of blocks.
     pub(crate) fn d(&self, r: usize) -> &'a [f32] {
-        &self.d[r * self.blocks..(r + 1) * self.blocks]
+        let g = self.blocks / self.group;
+        &self.d[r * g..(r + 1) * g]
     }
 
     /// Row `r`'s sums of int8 values per block.
-    pub(crate) fn sums(&self, r: usize) -> &'a [i32] {
+    pub(crate) fn sums(&self, r: usize) -> &'a [i16] {
         &self.sums[r * self.blocks..(r + 1) * self.blocks]
-    }
-
-    /// Row `r`'s `d · Σq` per block.
-    pub(crate) fn scaled_sums(&self, r: usize) -> &'a [f32] {
-        &self.scaled_sums[r * self.blocks..(r + 1) * self.blocks]
     }
 }
 
@@ -162,9 +182,10 @@ mod tests {
 
     #[test]
     fn every_path_quantizes_like_the_scalar_path() {
-        const WIDTH: usize = 11 * BLOCK;
-        // Blocks whose maximum is 127 (scale 1) and whose other values are ties, a zero block,
-        // one huge value among small ones, then values from a simple generator.
+        const WIDTH: usize = 16 * BLOCK;
+        // Blocks whose maximum is 127 (scale 1 per block and per group of 8) and whose other
+        // values are ties, a zero block, one huge value among small ones, then values from a
+        // simple generator.
         let mut x: Vec<f32> = (0..8 * BLOCK)
             .map(|i| match i % BLOCK {
                 0 => 127.0,
@@ -178,16 +199,21 @@ mod tests {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (state >> 8) as f32 / (1 << 24) as f32 * 20.0 - 10.0
         }));
-        let want = Activations::quantize_with(Isa::Scalar, &x, WIDTH / BLOCK);
-        for (i, (&q, &v)) in want.qs[..8 * BLOCK].iter().zip(&x).enumerate() {
-            assert_eq!(want.d[i / BLOCK], 1.0);
-            assert_eq!(f32::from(q), v.round_ties_even(), "{v}");
-        }
-        for isa in Isa::available_of(&simd::PATHS) {
-            let got = Activations::quantize_with(isa, &x, WIDTH / BLOCK);
-            assert_eq!(got.qs, want.qs, "{isa:?}");
-            assert_eq!(got.d, want.d, "{isa:?}");
-            assert_eq!(got.sums, want.sums, "{isa:?}");
+        for group in [1, 8] {
+            let want = Activations::quantize_with(Isa::Scalar, &x, WIDTH / BLOCK, group);
+            for (i, (&q, &v)) in want.qs[..8 * BLOCK].iter().zip(&x).enumerate() {
+                assert_eq!(want.d[i / BLOCK / group], 1.0);
+                assert_eq!(f32::from(q), v.round_ties_even(), "{v}");
+            }
+            for (block, &sum) in want.qs.chunks(BLOCK).zip(&want.sums) {
+                assert_eq!(block.iter().map(|&q| i16::from(q)).sum::<i16>(), sum);
+            }
+            for isa in Isa::available_of(&simd::PATHS) {
+                let got = Activations::quantize_with(isa, &x, WIDTH / BLOCK, group);
+                assert_eq!(got.qs, want.qs, "{isa:?}, group {group}");
+                assert_eq!(got.d, want.d, "{isa:?}, group {group}");
+                assert_eq!(got.sums, want.sums, "{isa:?}, group {group}");
+            }
         }
     }
 }

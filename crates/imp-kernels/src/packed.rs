@@ -6,9 +6,9 @@
 //! hardware prefetchers follow at full memory bandwidth. Each packed type keeps one copy of the
 //! weights, and what it computes is exactly the GGML format's values times the activations.
 //!
-//! `y = x · Wᵀ` quantizes `x` per 32-value block to int8 (`act.rs`), takes integer dot
-//! products per 32 values (exact) and scales them with both sides' scales, as GGML's own
-//! products with q8 activations do. A format ([`PackedFormat`]) says how its tiles are laid out
+//! `y = x · Wᵀ` quantizes `x` to int8 (`act.rs`; one scale per 32 values, or per 256 for
+//! Q4_K), takes integer dot products per 32 values (exact) and scales them with both sides'
+//! scales, as GGML's own products with q8_0 and q8_K activations do. A format ([`PackedFormat`]) says how its tiles are laid out
 //! and brings one kernel per path of [`PATHS`] ([`Kernels`]); everything else is written once
 //! here: the checks, the activation quantization and the tile loop, where each kernel call
 //! multiplies one tile with up to [`MAX_ROWS`] activation rows, so batched inputs reuse every
@@ -89,6 +89,9 @@ pub trait PackedFormat: 'static {
     const GGML_BLOCK: usize;
     /// Bytes of a GGML block.
     const GGML_BLOCK_BYTES: usize;
+    /// 32-value activation blocks per activation scale: 1 as GGML's q8_0, or the 8 of its
+    /// q8_K, which lets a k-quant kernel apply both sides' scales once per super-block.
+    const ACT_GROUP: usize;
     /// The packed arrays of a whole matrix.
     type Store: Send + Sync;
     /// A view of one tile's part of them, what the kernels take.
@@ -117,6 +120,7 @@ pub(crate) fn check_call<F: PackedFormat>(
 ) {
     assert!(isa.is_available());
     F::check(tile, rows.blocks());
+    assert_eq!(rows.group(), F::ACT_GROUP);
     assert_eq!(out.len(), rows.len());
     assert!((1..=MAX_ROWS).contains(&out.len()));
 }
@@ -212,16 +216,17 @@ impl<F: PackedFormat> Packed<F> {
         })?;
         let tile = |t| F::tile(&self.store, self.ggml_blocks, t);
         let blocks = self.in_features() / BLOCK;
-        matmul(kernel, tile, self.out, blocks, x, y)
+        matmul(kernel, tile, self.out, (blocks, F::ACT_GROUP), x, y)
     }
 }
 
-/// `y[m, out] = x[m, blocks · 32] · Wᵀ` for a matrix of `out` rows whose tile `t` is `tile(t)`.
+/// `y[m, out] = x[m, blocks · 32] · Wᵀ` for a matrix of `out` rows whose tile `t` is `tile(t)`,
+/// the activations quantized with one scale per `group` blocks.
 fn matmul<T: Copy>(
     kernel: Kernel<T>,
     tile: impl Fn(usize) -> T + Sync,
     out: usize,
-    blocks: usize,
+    (blocks, group): (usize, usize),
     x: &[f32],
     y: &mut [f32],
 ) -> Result<()> {
@@ -237,7 +242,7 @@ fn matmul<T: Copy>(
             ),
         ));
     }
-    let act = Activations::quantize(x, blocks);
+    let act = Activations::quantize(x, blocks, group);
     let tiles = out.div_ceil(LANES);
     let tasks = candle_core::utils::get_num_threads().clamp(1, tiles);
     // Activation rows per pass over a task's tiles: about 256 KiB of int8 values, so they stay

@@ -41,10 +41,10 @@ fn random(rng: &mut StdRng, rows: usize, cols: usize, padding: usize) -> Vec<f32
     values
 }
 
-/// `x` as the kernels see it: per 32 values `d = max|x| / 127` and `round(x / d) · d` (ties to
-/// even), in the same f32 operations.
-fn quantized_activations(x: &[f32]) -> Vec<f32> {
-    x.chunks(32)
+/// `x` as the kernels see it: per `group` values (32, or 256 for Q4_K) `d = max|x| / 127` and
+/// `round(x / d) · d` (ties to even), in the same f32 operations.
+fn quantized_activations(x: &[f32], group: usize) -> Vec<f32> {
+    x.chunks(group)
         .flat_map(|block| {
             let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
@@ -74,8 +74,8 @@ struct Case {
     /// summation order.
     magnitude: Vec<f32>,
     /// `Σ_k |w[o, k]| · max |x[r, 256-block of k]| / 127` per output: a bound on the
-    /// difference that quantizing the activations per 32 (ours) or per 256 values (candle's
-    /// q8_k for Q4_K) makes.
+    /// difference that quantizing the activations per 32 (ours for Q4_0 and Q8_0) or per 256
+    /// values (ours for Q4_K, candle's q8_k) makes.
     act_error: Vec<f32>,
 }
 
@@ -94,7 +94,11 @@ impl Case {
         let w = blocks.dequantize(&device).unwrap();
         let w = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let x = random(rng, m, width, padding);
-        let xq = quantized_activations(&x);
+        let group = match format {
+            GgmlDType::Q4K => 256,
+            _ => 32,
+        };
+        let xq = quantized_activations(&x, group);
         let mut exact = vec![0f32; m * out];
         let mut magnitude = vec![0f32; m * out];
         let mut act_error = vec![0f32; m * out];
@@ -213,9 +217,9 @@ fn kernels_agree_with_candle_qmatmul() {
         let candle = case.candle.forward(&x).unwrap();
         let candle = candle.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         // For Q4_0 candle quantizes the activations as we do, only with f16 scales (relative
-        // error 2^-11); for Q4_K it takes one scale per 256 values, and so it does for Q8_0
-        // where it repacks the weights (x86 with AVX-512 VNNI or AVX-VNNI, rows a multiple
-        // of 16).
+        // error 2^-11); for Q4_K it takes one scale per 256 values as we do, but rounds its own
+        // way (q8_K), and so it does for Q8_0 where it repacks the weights (x86 with AVX-512
+        // VNNI or AVX-VNNI, rows a multiple of 16).
         let tolerance = |i: usize| match case.format {
             GgmlDType::Q4_0 => 1e-3 * case.magnitude[i],
             _ => case.act_error[i] + 1e-3 * case.magnitude[i],

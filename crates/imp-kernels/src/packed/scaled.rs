@@ -42,6 +42,7 @@ impl<F: ScaledFormat> PackedFormat for F {
     const NAME: &'static str = F::LABEL;
     const GGML_BLOCK: usize = BLOCK;
     const GGML_BLOCK_BYTES: usize = 2 + F::PAYLOAD;
+    const ACT_GROUP: usize = 1;
     type Store = Store;
     type Tile<'a> = Tile<'a>;
 

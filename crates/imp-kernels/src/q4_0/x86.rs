@@ -44,13 +44,14 @@ unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; 
     let mask = _mm512_set1_epi8(0x0F);
     let x: [*const i8; R] = row_pointers(|r| rows.qs(r));
     let d: [*const f32; R] = row_pointers(|r| rows.d(r));
-    let sums: [*const i32; R] = row_pointers(|r| rows.sums(r));
+    let sums: [*const i16; R] = row_pointers(|r| rows.sums(r));
     let (scales, quants) = (tile.scales.as_ptr(), tile.quants.as_ptr());
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..rows.blocks() {
         // A single row gets two dependency chains (low and high nibbles) to keep the pipes
         // busy; several rows are independent chains already.
-        let mut lo: [__m512i; R] = array::from_fn(|r| _mm512_set1_epi32(-8 * *sums[r].add(b)));
+        let mut lo: [__m512i; R] =
+            array::from_fn(|r| _mm512_set1_epi32(-8 * i32::from(*sums[r].add(b))));
         let mut hi = [_mm512_setzero_si512(); R];
         let q = quants.add(b * BLOCK_BYTES);
         for j in 0..4 {
@@ -92,7 +93,7 @@ unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[
     let mask = _mm256_set1_epi8(0x0F);
     let x: [*const i8; R] = row_pointers(|r| rows.qs(r));
     let d: [*const f32; R] = row_pointers(|r| rows.d(r));
-    let sums: [*const i32; R] = row_pointers(|r| rows.sums(r));
+    let sums: [*const i16; R] = row_pointers(|r| rows.sums(r));
     let (scales, quants) = (tile.scales.as_ptr(), tile.quants.as_ptr());
     for half in 0..2 {
         let mut acc = [_mm256_setzero_ps(); R];
@@ -114,7 +115,7 @@ unsafe fn avx2_rows<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[
             }
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(scales.add(b * LANES + half * 8).cast()));
             for r in 0..R {
-                acc[r] = add_block(acc[r], sum[r], dw, *d[r].add(b), *sums[r].add(b));
+                acc[r] = add_block(acc[r], sum[r], dw, *d[r].add(b), i32::from(*sums[r].add(b)));
             }
         }
         for r in 0..R {
@@ -135,7 +136,7 @@ unsafe fn avx2_one_pass<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mu
     let mask = _mm256_set1_epi8(0x0F);
     let x: [*const i8; R] = row_pointers(|r| rows.qs(r));
     let d: [*const f32; R] = row_pointers(|r| rows.d(r));
-    let sums: [*const i32; R] = row_pointers(|r| rows.sums(r));
+    let sums: [*const i16; R] = row_pointers(|r| rows.sums(r));
     let (scales, quants) = (tile.scales.as_ptr(), tile.quants.as_ptr());
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     for b in 0..rows.blocks() {
@@ -167,7 +168,7 @@ unsafe fn avx2_one_pass<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mu
                     sum[r][half],
                     dw,
                     *d[r].add(b),
-                    *sums[r].add(b),
+                    i32::from(*sums[r].add(b)),
                 );
             }
         }

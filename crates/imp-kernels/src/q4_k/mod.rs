@@ -73,6 +73,7 @@ impl PackedFormat for Q4K {
     const NAME: &'static str = "q4_k";
     const GGML_BLOCK: usize = SUPER;
     const GGML_BLOCK_BYTES: usize = GGML_SUPER_BYTES;
+    const ACT_GROUP: usize = SUBS;
     type Store = Store;
     type Tile<'a> = Tile<'a>;
 
@@ -144,18 +145,20 @@ impl PackedFormat for Q4K {
     }
 }
 
-/// The reference kernel: `out[r][lane] = Σ_sub (d · sc) · d_x · Σ q4 · q8 - (dmin · m) · d_x
-/// · Σ q8`.
+/// The reference kernel: `out[r][lane] = Σ_super d_x · (d · Σ_sub sc · Σ q4 · q8 - dmin ·
+/// Σ_sub m · Σ q8)`, the sums over sub-blocks exact in integers.
 fn scalar(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     for (r, out) in out.iter_mut().enumerate() {
         let (xq, xd, xs) = (rows.qs(r), rows.d(r), rows.sums(r));
         *out = [0.0; LANES];
-        for sb in 0..rows.blocks() / SUBS {
+        for (sb, &dx) in xd.iter().enumerate() {
             let dd = &tile.dd[sb * 2 * LANES..(sb + 1) * 2 * LANES];
             let sm = &tile.sm[sb * SM_BYTES..(sb + 1) * SM_BYTES];
             let quants = &tile.quants[sb * QUANT_BYTES..(sb + 1) * QUANT_BYTES];
             for (lane, out) in out.iter_mut().enumerate() {
                 let (d, dmin) = (dd[lane].to_f32(), dd[LANES + lane].to_f32());
+                // At most 8 · 63 · 32 · 15 · 127 in magnitude: no i32 overflow.
+                let (mut scaled, mut mins) = (0i32, 0i32);
                 for s in 0..SUBS {
                     let b = sb * SUBS + s;
                     let x = &xq[b * BLOCK..(b + 1) * BLOCK];
@@ -166,11 +169,10 @@ fn scalar(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
                         let at = ((s / 2) * 8 + i / 4) * 4 * LANES + lane * 4 + i % 4;
                         dot += i32::from((quants[at] >> shift) & 0x0F) * i32::from(x);
                     }
-                    let sc = f32::from(sm[s * LANES + lane]);
-                    let m = f32::from(sm[(SUBS + s) * LANES + lane]);
-                    *out += d * sc * xd[b] * dot as f32;
-                    *out -= dmin * m * (xd[b] * xs[b] as f32);
+                    scaled += i32::from(sm[s * LANES + lane]) * dot;
+                    mins += i32::from(sm[(SUBS + s) * LANES + lane]) * i32::from(xs[b]);
                 }
+                *out += dx * (d * scaled as f32 - dmin * mins as f32);
             }
         }
     }

@@ -1,7 +1,8 @@
 //! The aarch64 Q4_K kernel, NEON with `dotprod`: the scheme of `q4_0/neon.rs` on the Q4_K
 //! layout.
 //! The nibbles (0..15) are valid signed bytes as they are, so `sdot` takes them directly and
-//! the minimum term `dmin · m · d_x · Σx` is subtracted in f32.
+//! the minimum term `dmin · m · d_x · Σx` is subtracted in f32. The activations have one scale
+//! per super-block.
 
 use std::arch::aarch64::*;
 use std::array;
@@ -42,8 +43,8 @@ unsafe fn u8x4_to_f32(p: *const u8) -> float32x4_t {
 unsafe fn dot<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; LANES]]) {
     let mask = vdupq_n_u8(0x0F);
     let x: [*const i8; R] = array::from_fn(|r| rows.qs(r).as_ptr());
-    let d: [&[f32]; R] = array::from_fn(|r| rows.d(r));
-    let sums: [&[f32]; R] = array::from_fn(|r| rows.scaled_sums(r));
+    let d: [*const f32; R] = array::from_fn(|r| rows.d(r).as_ptr());
+    let sums: [&[i16]; R] = array::from_fn(|r| rows.sums(r));
     for quarter in 0..4 {
         let mut acc = [vdupq_n_f32(0.0); R];
         for sb in 0..rows.blocks() / SUBS {
@@ -85,9 +86,10 @@ unsafe fn dot<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; L
                         let s = 2 * p + h;
                         let dsc = vmulq_f32(d_w, u8x4_to_f32(sm.add(s * LANES)));
                         let dmm = vmulq_f32(dmin, u8x4_to_f32(sm.add((SUBS + s) * LANES)));
-                        let dx = d[r][b + h];
+                        let dx = *d[r].add(sb);
+                        let x_sum = dx * f32::from(sums[r][b + h]);
                         acc[r] = vfmaq_f32(acc[r], vmulq_n_f32(dsc, dx), vcvtq_f32_s32(dot));
-                        acc[r] = vfmsq_f32(acc[r], dmm, vdupq_n_f32(sums[r][b + h]));
+                        acc[r] = vfmsq_f32(acc[r], dmm, vdupq_n_f32(x_sum));
                     }
                 }
             }

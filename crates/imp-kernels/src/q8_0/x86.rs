@@ -48,13 +48,14 @@ unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; 
     let sign_bit = _mm512_set1_epi8(i8::MIN);
     let x: [*const i8; R] = row_pointers(|r| rows.qs(r));
     let d: [*const f32; R] = row_pointers(|r| rows.d(r));
-    let sums: [*const i32; R] = row_pointers(|r| rows.sums(r));
+    let sums: [*const i16; R] = row_pointers(|r| rows.sums(r));
     let (scales, quants) = (tile.scales.as_ptr(), tile.quants.as_ptr());
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..rows.blocks() {
         // A single row gets two dependency chains (even and odd groups); several rows are
         // independent chains already.
-        let mut even: [__m512i; R] = array::from_fn(|r| _mm512_set1_epi32(-128 * *sums[r].add(b)));
+        let mut even: [__m512i; R] =
+            array::from_fn(|r| _mm512_set1_epi32(-128 * i32::from(*sums[r].add(b))));
         let mut odd = [_mm512_setzero_si512(); R];
         let q = quants.add(b * BLOCK_BYTES);
         for j in 0..GROUPS {
