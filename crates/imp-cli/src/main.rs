@@ -3,6 +3,7 @@
 mod bench;
 mod bundled;
 mod eval;
+mod memory;
 mod quantize;
 mod train;
 
@@ -219,7 +220,7 @@ struct SynthArgs {
 
 /// `imp serve`, until SIGTERM or Ctrl-C and its grace period.
 fn serve(config: imp_server::ServerConfig) -> anyhow::Result<()> {
-    return_freed_memory();
+    memory::return_freed_memory();
     let runtime = imp_server::runtime(&config)?;
     let result = runtime.block_on(imp_server::serve(config));
     // Generations still running after the grace period were cancelled with their connections;
@@ -227,35 +228,6 @@ fn serve(config: imp_server::ServerConfig) -> anyhow::Result<()> {
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     result
 }
-
-/// glibc keeps what a long-running server frees: it raises its mmap threshold to the size of
-/// every large block freed (up to 32 MiB), after which request bodies and decoded images of
-/// every size are carved from the heaps, and it returns free pages inside a heap only when asked.
-/// Under `scripts/soak.py` the server's RSS grew 28 % in ten minutes while heaptrack showed no
-/// live data growing. A fixed threshold keeps large blocks in their own mappings, and a trim
-/// every few seconds hands back the free pages.
-/// `MALLOC_MMAP_THRESHOLD_` in the environment still wins.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn return_freed_memory() {
-    const THRESHOLD: libc::c_int = 128 * 1024;
-    const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
-        // SAFETY: mallopt only sets allocator parameters, and it runs before the server's
-        // threads start.
-        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) };
-    }
-    // Without the thread the server still runs, only with more memory.
-    let _ = std::thread::Builder::new()
-        .name("malloc-trim".into())
-        .spawn(|| loop {
-            std::thread::sleep(TRIM_EVERY);
-            // SAFETY: malloc_trim is thread-safe and only releases free memory.
-            unsafe { libc::malloc_trim(0) };
-        });
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn return_freed_memory() {}
 
 fn main() -> ExitCode {
     // `RUST_LOG=imp=trace` times every model part and layer as its span closes.
@@ -265,6 +237,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        memory::keep_freed_memory();
+    }
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Info(args) => info(args),
