@@ -8,8 +8,9 @@
 //!
 //! `y = x · Wᵀ` quantizes `x` to int8 (`act.rs`; one scale per 32 values, or per 256 for
 //! Q4_K), takes integer dot products per 32 values (exact) and scales them with both sides'
-//! scales, as GGML's own products with q8_0 and q8_K activations do. A format ([`PackedFormat`]) says how its tiles are laid out
-//! and brings one kernel per path of [`PATHS`] ([`Kernels`]); everything else is written once
+//! scales, as GGML's own products with q8_0 and q8_K activations do. A format
+//! ([`PackedFormat`]) says how its tiles are laid out and brings one kernel per path of
+//! [`PATHS`] ([`Kernels`]); everything else is written once
 //! here: the checks, the activation quantization and the tile loop, where each kernel call
 //! multiplies one tile with up to [`MAX_ROWS`] activation rows, so batched inputs reuse every
 //! loaded weight register. The output rows are split over candle's thread count, one contiguous

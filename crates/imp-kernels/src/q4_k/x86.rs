@@ -106,11 +106,12 @@ unsafe fn vnni<const R: usize>(tile: Tile<'_>, rows: Rows<'_>, out: &mut [[f32; 
         for r in 0..R {
             let mut mins = _mm512_setzero_si512();
             for (k, &pair) in min_pairs.iter().enumerate() {
-                let sums = sums[r]
+                // Block sums 2k and 2k + 1, as `pair` holds their minimums.
+                let sum_pair = sums[r]
                     .add(sb * SUBS + 2 * k)
                     .cast::<i32>()
                     .read_unaligned();
-                mins = _mm512_dpwssd_epi32(mins, pair, _mm512_set1_epi32(sums));
+                mins = _mm512_dpwssd_epi32(mins, pair, _mm512_set1_epi32(sum_pair));
             }
             let super_block = _mm512_fnmadd_ps(dmin, _mm512_cvtepi32_ps(mins), scaled[r]);
             let acc = _mm512_loadu_ps(out[r].as_ptr());
